@@ -1,0 +1,320 @@
+"""``ProxyState`` in, typed ``Ruleset`` out. Pure: no I/O, no nft syntax.
+
+The shape is chosen for nft's costs (see ../README.md "Ruleset shape"): per-Service
+state lives in a few named maps, never in per-Service chains or anonymous sets.
+A new connection costs the same at any cluster size: one lookup of
+``daddr . l4proto . dport`` in ``service-ips`` picks a small shared chain that
+decides masquerading, then one lookup of ``daddr . l4proto . dport . random``
+in ``backends`` picks the endpoint. Only Services with session affinity get
+chains and sets of their own (one dynamic set per endpoint, as kube-proxy).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from nftproxy import names
+from nftproxy.config import FamilyNode
+from nftproxy.nft.model import (
+    BaseHook,
+    Chain,
+    ChainType,
+    DataType,
+    Dnat,
+    DnatMap,
+    Element,
+    Family,
+    Field,
+    Hook,
+    Key,
+    Masquerade,
+    Match,
+    MarkSet,
+    MarkTest,
+    Numgen,
+    Op,
+    Reject,
+    Rule,
+    Ruleset,
+    Set,
+    SetRef,
+    SetUpdate,
+    Table,
+    Term,
+    Value,
+    Verdict,
+    VerdictKind,
+    VMap,
+)
+from nftproxy.state import Endpoint, Entry, EntryKind, FamilyState, ProxyState, ServicePort
+
+TUPLE: Key = (Field.DADDR, Field.L4PROTO, Field.DPORT)
+"""What a Service entry is looked up by: destination address, protocol, port."""
+
+TUPLE_TYPE = (DataType.ADDR, DataType.PROTO, DataType.SERVICE)
+ENDPOINT_TYPE = (DataType.ADDR, DataType.SERVICE)
+ALL_PROTOCOLS = ("tcp", "udp", "sctp")
+FILTER_PRIORITY = -110  # before DNAT (-100): filters see the Service address
+POST_DNAT_PRIORITY = -90
+
+# (name, type, hook, priority) of every base chain.
+BASE_CHAINS = (
+    ("filter-prerouting", ChainType.FILTER, Hook.PREROUTING, FILTER_PRIORITY),
+    ("filter-input", ChainType.FILTER, Hook.INPUT, FILTER_PRIORITY),
+    ("filter-forward", ChainType.FILTER, Hook.FORWARD, FILTER_PRIORITY),
+    ("filter-output", ChainType.FILTER, Hook.OUTPUT, FILTER_PRIORITY),
+    ("filter-output-post-dnat", ChainType.FILTER, Hook.OUTPUT, POST_DNAT_PRIORITY),
+    ("nat-prerouting", ChainType.NAT, Hook.PREROUTING, -100),
+    ("nat-output", ChainType.NAT, Hook.OUTPUT, -100),
+    ("nat-postrouting", ChainType.NAT, Hook.POSTROUTING, 100),
+)
+
+# (base chain, chain it jumps to, only for new connections). reject is valid only
+# in input, forward and output, hence the endpoint check is not in prerouting.
+JUMPS = (
+    ("filter-prerouting", names.FIREWALL_CHECK, True),
+    ("filter-input", names.ENDPOINTS_CHECK, True),
+    ("filter-forward", names.ENDPOINTS_CHECK, True),
+    ("filter-forward", names.CLUSTER_IPS_CHECK, True),
+    ("filter-output", names.ENDPOINTS_CHECK, True),
+    ("filter-output", names.FIREWALL_CHECK, True),
+    ("filter-output-post-dnat", names.CLUSTER_IPS_CHECK, True),
+    ("nat-prerouting", names.SERVICES, False),
+    ("nat-output", names.SERVICES, False),
+    ("nat-postrouting", names.MASQUERADING, False),
+)
+
+# (name, key, value, interval, comment) of every fixed named set and map.
+SETS = (
+    (names.SERVICE_IPS, TUPLE_TYPE, (DataType.VERDICT,), False, "Service entries with endpoints"),
+    (names.NO_ENDPOINT_SERVICES, TUPLE_TYPE, (DataType.VERDICT,), False,
+     "Service entries without usable endpoints: reject or drop"),
+    (names.BACKENDS, (*TUPLE_TYPE, DataType.INDEX), ENDPOINT_TYPE, False,
+     "entry and random index to endpoint"),
+    (names.LOCAL_BACKENDS, (*TUPLE_TYPE, DataType.INDEX), ENDPOINT_TYPE, False,
+     "entry and random index to a local endpoint (externalTrafficPolicy Local)"),
+    (names.CLUSTER_IPS, (DataType.ADDR,), (), False, "ClusterIPs of all Services"),
+    (names.POD_CIDRS, (DataType.ADDR,), (), True, "pod CIDRs: traffic from here is cluster traffic"),
+    (names.FIREWALL_IPS, TUPLE_TYPE, (), False, "LoadBalancer entries with source ranges"),
+    (names.FIREWALL_ALLOW, (*TUPLE_TYPE, DataType.ADDR), (), True,
+     "LoadBalancer entries and the sources they allow"),
+    (names.HAIRPIN, (DataType.ADDR, DataType.ADDR), (), False,
+     "endpoint to itself: a pod reaching itself through its Service"),
+)
+
+
+def _goto(chain: str) -> Verdict:
+    return Verdict(VerdictKind.GOTO, chain)
+
+
+def _jump(chain: str) -> Verdict:
+    return Verdict(VerdictKind.JUMP, chain)
+
+
+MARK_MASQ = _jump(names.MARK_FOR_MASQUERADE)
+
+
+def fit(name: str) -> str:
+    """name itself, or its hashed short form when nft would find it too long."""
+    return name if len(name) <= names.NAME_MAX else names.hashed(name)
+
+
+class _TableBuilder:
+    """Collects elements and chains for one family's table."""
+
+    def __init__(self, node: FamilyNode) -> None:
+        self.node = node
+        self.elements: dict[str, list[Element]] = defaultdict(list)
+        self.chains: dict[str, Chain] = {}
+        self.affinity_sets: dict[str, Set] = {}
+
+    def element(self, set_name: str, key: Iterable[str], value: Value | None = None,
+                comment: str | None = None) -> None:
+        self.elements[set_name].append(Element(tuple(key), value, comment))
+
+    def chain(self, name: str, *rules: tuple[Term, ...], comment: str | None = None) -> str:
+        name = fit(name)
+        self.chains.setdefault(name, Chain(name, tuple(Rule(r) for r in rules), comment=comment))
+        return name
+
+    # -- endpoint selection -------------------------------------------------
+
+    def selection(self, sp: ServicePort, key: tuple[str, ...], group: tuple[Endpoint, ...],
+                  *, local: bool, backends: str) -> str:
+        """The chain that DNATs a new connection to one endpoint of group."""
+        if sp.affinity_timeout is not None:
+            return self.sticky(sp, group, local=local)
+        for i, ep in enumerate(group):
+            self.element(backends, (*key, str(i)), (str(ep.addr), str(ep.port)))
+        prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
+        # nft accepts a port in a DNAT target only after a protocol match.
+        return self.chain(
+            f"{prefix}-{len(group)}",
+            (Match((Field.L4PROTO,), ALL_PROTOCOLS), DnatMap((*TUPLE, Numgen(len(group))), backends)),
+            comment=f"one of {len(group)} endpoints at random, from @{backends}",
+        )
+
+    def sticky(self, sp: ServicePort, group: tuple[Endpoint, ...], *, local: bool) -> str:
+        """A chain of sessionAffinity ClientIP: a client keeps its endpoint until timeout."""
+        rules: list[tuple[Term, ...]] = []
+        targets = [self._to_endpoint(sp, ep) for ep in group]
+        for aff, to in targets:
+            rules.append((Match((Field.SADDR,), SetRef(aff)), *to))
+        for i, (_, to) in enumerate(targets):
+            # Rule i takes 1/(n-i) of what reaches it: each endpoint gets 1/n overall.
+            first = (Match((Numgen(len(group) - i),), "0"),) if i < len(group) - 1 else ()
+            rules.append((*first, *to))
+        kind = "sticky-local" if local else "sticky"
+        return self.chain(f"{kind}-{names.hashed(str(sp.name))}", *rules,
+                          comment=f"{sp.name}: ClientIP affinity {sp.affinity_timeout}s")
+
+    def _to_endpoint(self, sp: ServicePort, ep: Endpoint) -> tuple[str, tuple[Term, ...]]:
+        label = names.endpoint_label(str(ep.addr), ep.port)
+        aff = fit(f"affinity-{names.hashed(f'{sp.name}__{label}')}")
+        self.affinity_sets.setdefault(
+            aff, Set(aff, (DataType.ADDR,), dynamic=True, timeout=sp.affinity_timeout)
+        )
+        update = SetUpdate(aff, (Field.SADDR,))
+        return aff, (update, Match((Field.L4PROTO,), sp.protocol.value), Dnat(str(ep.addr), ep.port))
+
+    # -- traffic classes ----------------------------------------------------
+
+    def masquerade_cluster_traffic(self) -> tuple[Term, ...]:
+        """Terms marking ClusterIP traffic for masquerade (none without a detector)."""
+        if self.node.masquerade_all:
+            return (MARK_MASQ,)
+        if self.node.pod_cidrs:
+            return (Match((Field.SADDR,), SetRef(names.POD_CIDRS), Op.NE), MARK_MASQ)
+        return ()
+
+    def clusterip_class(self, sel: str) -> str:
+        masq = self.masquerade_cluster_traffic()
+        return self.chain(f"clusterip/{sel}", *([masq] if masq else []), (_goto(sel),),
+                          comment="ClusterIP: masquerade off-cluster sources")
+
+    def external_class(self, sel: str) -> str:
+        return self.chain(f"external/{sel}", (MARK_MASQ,), (_goto(sel),),
+                          comment="external entry, Cluster policy: always masquerade")
+
+    def external_local_class(self, sel: str, local_sel: str | None) -> str:
+        local_source = Match((Field.FIB_SADDR_TYPE,), "local")
+        rules: list[tuple[Term, ...]] = []
+        if self.node.pod_cidrs:
+            # Pods reaching an external address are subject to neither traffic policy.
+            rules.append((Match((Field.SADDR,), SetRef(names.POD_CIDRS)), _goto(sel)))
+        rules += [(local_source, MARK_MASQ), (local_source, _goto(sel))]
+        if local_sel is not None:
+            rules.append((_goto(local_sel),))
+        return self.chain(f"external-local/{sel}/{local_sel or 'none'}", *rules,
+                          comment="external entry, Local policy: keep the client address")
+
+    # -- entries ------------------------------------------------------------
+
+    def entry(self, sp: ServicePort, entry: Entry) -> None:
+        key = (str(entry.addr), sp.protocol.value, str(entry.port))
+        comment = str(sp.name)
+        if entry.kind == EntryKind.CLUSTER_IP:
+            self.element(names.CLUSTER_IPS, key[:1])
+        target, fallback = (self.external_entry if entry.external else self.internal_entry)(sp, key)
+        if target is not None:
+            self.element(names.SERVICE_IPS, key, ("goto", target), comment)
+        if fallback is not None:
+            self.element(names.NO_ENDPOINT_SERVICES, key, fallback, comment)
+        if entry.kind == EntryKind.LOAD_BALANCER and sp.source_ranges:
+            self.element(names.FIREWALL_IPS, key)
+            for net in sp.source_ranges:
+                self.element(names.FIREWALL_ALLOW, (*key, str(net)))
+
+    def internal_entry(self, sp: ServicePort, key: tuple[str, ...]) -> tuple[str | None, Value | None]:
+        group = sp.internal_endpoints
+        if not group:
+            # No endpoints at all: reject. Only remote ones (internalTrafficPolicy Local): drop.
+            return None, (("goto", names.REJECT) if not sp.cluster_endpoints else ("drop",))
+        sel = self.selection(sp, key, group, local=sp.internal_local, backends=names.BACKENDS)
+        return self.clusterip_class(sel), None
+
+    def external_entry(self, sp: ServicePort, key: tuple[str, ...]) -> tuple[str | None, Value | None]:
+        if not sp.cluster_endpoints:
+            return None, ("goto", names.REJECT)
+        sel = self.selection(sp, key, sp.cluster_endpoints, local=False, backends=names.BACKENDS)
+        if not sp.external_local:
+            return self.external_class(sel), None
+        local_sel = None
+        if sp.local_endpoints:
+            local_sel = self.selection(sp, key, sp.local_endpoints, local=True,
+                                       backends=names.LOCAL_BACKENDS)
+        # Without local endpoints, what the class chain does not short-circuit is dropped.
+        return self.external_local_class(sel, local_sel), (None if local_sel else ("drop",))
+
+    def service_port(self, sp: ServicePort) -> None:
+        for entry in sp.entries:
+            self.entry(sp, entry)
+        for ep in dict.fromkeys((*sp.cluster_endpoints, *sp.local_endpoints)):
+            self.element(names.HAIRPIN, (str(ep.addr), str(ep.addr)))
+
+    # -- fixed structure ----------------------------------------------------
+
+    def fixed_chains(self) -> None:
+        mark = self.node.masquerade_mark
+        self.chain(names.MARK_FOR_MASQUERADE, (MarkSet(mark),))
+        hairpin = (Match((Field.CT_STATUS,), "dnat"),
+                   Match((Field.SADDR, Field.DADDR), SetRef(names.HAIRPIN)), MARK_MASQ)
+        self.chain(names.MASQUERADING, hairpin, (MarkTest(mark, set_=False), Verdict(VerdictKind.RETURN)),
+                   (MarkSet(mark, xor=True),), (Masquerade(),))
+        self.chain(names.REJECT, (Reject(),), comment="helper for @no-endpoint-services")
+        self.chain(names.SERVICES, (VMap(TUPLE, names.SERVICE_IPS),))
+        self.chain(names.ENDPOINTS_CHECK, (VMap(TUPLE, names.NO_ENDPOINT_SERVICES),))
+        self.chain(names.FIREWALL_CHECK, (
+            Match(TUPLE, SetRef(names.FIREWALL_IPS)),
+            Match((*TUPLE, Field.SADDR), SetRef(names.FIREWALL_ALLOW), Op.NE),
+            Verdict(VerdictKind.DROP),
+        ), comment="loadBalancerSourceRanges")
+        unallocated = [((Match((Field.DADDR,), str(c)), Verdict(VerdictKind.DROP))) for c in self.node.service_cidrs]
+        self.chain(names.CLUSTER_IPS_CHECK,
+                   (Match((Field.DADDR,), SetRef(names.CLUSTER_IPS)), Reject()), *unallocated,
+                   comment="reject unused ports of ClusterIPs, drop unallocated ClusterIPs")
+
+    def base_chains(self) -> list[Chain]:
+        jumps: dict[str, list[Rule]] = defaultdict(list)
+        for base, target, new_only in JUMPS:
+            new = (Match((Field.CT_STATE,), "new"),) if new_only else ()
+            jumps[base].append(Rule((*new, _jump(target))))
+        return [
+            Chain(name, tuple(jumps[name]), base=BaseHook(ctype, hook, prio))
+            for name, ctype, hook, prio in BASE_CHAINS
+        ]
+
+    def sets(self) -> list[Set]:
+        self.elements[names.POD_CIDRS] = [Element((str(c),)) for c in self.node.pod_cidrs]
+        fixed = [
+            Set(name, key, value, interval=interval, comment=comment,
+                elements=tuple(self.elements.get(name, ())))
+            for name, key, value, interval, comment in SETS
+        ]
+        return fixed + sorted(self.affinity_sets.values(), key=lambda s: s.name)
+
+
+def build_table(fs: FamilyState) -> Table:
+    """The table for one family."""
+    b = _TableBuilder(fs.node)
+    b.fixed_chains()
+    for sp in fs.service_ports:
+        b.service_port(sp)
+    return Table(
+        family=fs.node.family,
+        name=names.TABLE,
+        chains=(*b.chains.values(), *b.base_chains()),
+        sets=tuple(b.sets()),
+        comment="nftproxy: Kubernetes Services (generated, do not edit)",
+    )
+
+
+def build(state: ProxyState) -> Ruleset:
+    """The desired ruleset: a table for every family with Service ports (IPv4 at least)."""
+    present = [fs for fs in state.families if fs.service_ports]
+    if not present:
+        present = [fs for fs in state.families if fs.node.family == Family.IP]
+    tables = tuple(build_table(fs) for fs in present)
+    absent = tuple(fs.node.family for fs in state.families if fs not in present)
+    return Ruleset(tables, absent)

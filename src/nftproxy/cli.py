@@ -1,0 +1,119 @@
+"""The ``nftproxy`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nftproxy import log, names
+from nftproxy.build import build
+from nftproxy.config import (
+    ConfigError,
+    NodeConfig,
+    load_kube_proxy_config,
+    parse_cidrs,
+    parse_ips,
+    parse_nodeport_addresses,
+)
+from nftproxy.manifests import load_paths
+from nftproxy.nft.render import render_script
+from nftproxy.state import compute_state
+
+
+def add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """The kube-proxy-compatible flags that describe the node and proxy settings."""
+    parser.add_argument("-f", "--filename", dest="paths", action="append", type=Path,
+                        required=True, metavar="PATH",
+                        help="manifest file or folder (YAML or JSON); repeatable")
+    parser.add_argument("--hostname-override", metavar="NAME",
+                        help="node name: endpoints with this nodeName are local (default: hostname)")
+    parser.add_argument("--node-ip", action="append", metavar="IP",
+                        help="node address, repeatable; first of each family is primary "
+                             "(default: read from the host)")
+    parser.add_argument("--cluster-cidr", metavar="CIDR[,CIDR]",
+                        help="pod CIDRs; traffic from elsewhere to a ClusterIP is masqueraded")
+    parser.add_argument("--service-cidr", metavar="CIDR[,CIDR]",
+                        help="Service IP ranges; traffic to unallocated addresses is dropped")
+    parser.add_argument("--nodeport-addresses", metavar="LIST",
+                        help="comma list of CIDRs and the words primary (default) and all")
+    parser.add_argument("--masquerade-all", action="store_true", default=None,
+                        help="masquerade all traffic to Services")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="KubeProxyConfiguration file; flags given explicitly win")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit non-zero when any object is invalid")
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """Node settings from flags, then the config file, then the host."""
+    cfg: dict[str, Any] = load_kube_proxy_config(args.config) if args.config else {}
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return cfg.get(name) if value is None else value
+
+    if args.node_ip:
+        ips = parse_ips(args.node_ip)
+    else:
+        from nftproxy.netinfo import node_ips
+
+        ips = node_ips()
+    if pick("hostname_override"):
+        name = str(pick("hostname_override"))
+    else:
+        from nftproxy.netinfo import hostname
+
+        name = hostname()
+    return NodeConfig(
+        name=name,
+        ips=ips,
+        cluster_cidrs=parse_cidrs(pick("cluster_cidr")),
+        service_cidrs=parse_cidrs(args.service_cidr),
+        nodeport_addresses=parse_nodeport_addresses(pick("nodeport_addresses")),
+        masquerade_all=bool(pick("masquerade_all")),
+        masquerade_bit=int(cfg.get("masquerade_bit", 14)),
+    )
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the nft script the proxy would apply for the given manifests."""
+    node = node_config(args)
+    loaded = load_paths(args.paths)
+    state = compute_state(loaded.objects, node)
+    problems = [*loaded.problems, *state.problems]
+    log.report(problems)
+    if not loaded.objects and any(not p.note for p in problems):
+        print("nftproxy: nothing usable could be read", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_script(build(state), names.TABLE))
+    return 1 if args.strict and any(not p.note for p in problems) else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    top = argparse.ArgumentParser(prog="nftproxy", description=__doc__)
+    top.add_argument("--log-json", action="store_true", help="log JSON lines to stderr")
+    sub = top.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="print the nft ruleset for manifests (dry run)")
+    add_node_flags(render)
+    render.set_defaults(func=cmd_render)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    log.configure(json=args.log_json)
+    try:
+        code: int = args.func(args)
+    except ConfigError as err:
+        print(f"nftproxy: {err}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

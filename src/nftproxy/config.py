@@ -1,0 +1,136 @@
+"""The node's proxy settings: from flags, a KubeProxyConfiguration file, the host."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nftproxy.nft.model import Family
+from nftproxy.objects import IPAddress, IPNetwork
+
+DEFAULT_MASQUERADE_BIT = 14
+PRIMARY = "primary"
+ALL = "all"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything about this node and the proxy's settings that shapes the rules.
+
+    ``ips`` are the node's addresses, the first of each family its primary one.
+    ``nodeport_addresses`` holds CIDRs and the words ``primary`` and ``all``
+    (empty means ``primary``, as kube-proxy's nftables mode).
+    """
+
+    name: str
+    ips: tuple[IPAddress, ...]
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    service_cidrs: tuple[IPNetwork, ...] = ()
+    nodeport_addresses: tuple[str, ...] = ()
+    masquerade_all: bool = False
+    masquerade_bit: int = DEFAULT_MASQUERADE_BIT
+
+    def family(self, family: Family) -> FamilyNode:
+        """The settings that apply to one IP family."""
+        version = 4 if family == Family.IP else 6
+        ips = tuple(ip for ip in self.ips if ip.version == version)
+        return FamilyNode(
+            family=family,
+            ips=ips,
+            primary=ips[0] if ips else None,
+            nodeport_ips=_nodeport_ips(self.nodeport_addresses, ips),
+            pod_cidrs=tuple(c for c in self.cluster_cidrs if c.version == version),
+            service_cidrs=tuple(c for c in self.service_cidrs if c.version == version),
+            masquerade_all=self.masquerade_all,
+            masquerade_mark=1 << self.masquerade_bit,
+        )
+
+
+@dataclass(frozen=True)
+class FamilyNode:
+    """The node settings of one family, as the rule builder uses them."""
+
+    family: Family
+    ips: tuple[IPAddress, ...]
+    primary: IPAddress | None
+    nodeport_ips: tuple[IPAddress, ...]
+    pod_cidrs: tuple[IPNetwork, ...]
+    service_cidrs: tuple[IPNetwork, ...]
+    masquerade_all: bool
+    masquerade_mark: int = field(default=1 << DEFAULT_MASQUERADE_BIT)
+
+
+def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+    usable = [ip for ip in ips if not ip.is_loopback]
+    chosen: list[IPAddress] = []
+    for sel in selectors or (PRIMARY,):
+        if sel == PRIMARY:
+            chosen.extend(usable[:1])
+        elif sel == ALL:
+            chosen.extend(usable)
+        else:
+            net = ipaddress.ip_network(sel, strict=False)
+            chosen.extend(ip for ip in usable if ip.version == net.version and ip in net)
+    return tuple(dict.fromkeys(chosen))
+
+
+def parse_cidrs(text: str | list[str] | None) -> tuple[IPNetwork, ...]:
+    """Parse a comma-separated (or listed) set of CIDRs."""
+    if not text:
+        return ()
+    items = text.split(",") if isinstance(text, str) else text
+    try:
+        return tuple(ipaddress.ip_network(t.strip(), strict=False) for t in items if t.strip())
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def parse_nodeport_addresses(text: str | list[str] | None) -> tuple[str, ...]:
+    """Validate a nodePortAddresses list: CIDRs, ``primary`` and ``all``."""
+    if not text:
+        return ()
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    for item in items:
+        if item not in (PRIMARY, ALL):
+            parse_cidrs(item)
+    return tuple(items)
+
+
+def parse_ips(texts: list[str]) -> tuple[IPAddress, ...]:
+    """Parse node IPs."""
+    try:
+        return tuple(ipaddress.ip_address(t.strip()) for t in texts)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def load_kube_proxy_config(path: Path) -> dict[str, Any]:
+    """Read the settings nftproxy honours from a KubeProxyConfiguration file.
+
+    Returns only the keys that were set, under the names of the CLI options.
+    """
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, Mapping) or doc.get("kind") != "KubeProxyConfiguration":
+        raise ConfigError(f"{path}: not a KubeProxyConfiguration")
+    out: dict[str, Any] = {}
+    if doc.get("hostnameOverride"):
+        out["hostname_override"] = doc["hostnameOverride"]
+    if doc.get("clusterCIDR"):
+        out["cluster_cidr"] = doc["clusterCIDR"]
+    if doc.get("nodePortAddresses"):
+        out["nodeport_addresses"] = doc["nodePortAddresses"]
+    for section in (doc, doc.get("nftables") or {}, doc.get("iptables") or {}):
+        if section.get("masqueradeAll") is not None:
+            out.setdefault("masquerade_all", bool(section["masqueradeAll"]))
+        if section.get("masqueradeBit") is not None:
+            out.setdefault("masquerade_bit", int(section["masqueradeBit"]))
+    return out

@@ -1,0 +1,89 @@
+"""Reading Kubernetes manifests from files and folders (YAML or JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nftproxy.objects import object_label, parse_object
+from nftproxy.problems import InvalidObject, Problem
+from nftproxy.state import Sourced
+
+SUFFIXES = (".yaml", ".yml", ".json")
+KINDS = ("Service", "EndpointSlice", "Pod")
+
+
+@dataclass
+class Loaded:
+    """What a set of manifests held: usable objects, and everything skipped."""
+
+    objects: list[Sourced] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def manifest_files(path: Path) -> list[Path]:
+    """path itself, or every manifest file below a folder, in a stable order."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    return [path]
+
+
+def _documents(path: Path) -> Iterator[Any]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        yield json.loads(text)
+    else:
+        yield from yaml.safe_load_all(text)
+
+
+def _items(doc: Any) -> Iterator[Any]:
+    """A document's objects, with ``kind: List`` (and ``*List``) unwrapped."""
+    if isinstance(doc, Mapping) and str(doc.get("kind", "")).endswith("List"):
+        for item in doc.get("items") or []:
+            yield from _items(item)
+    elif doc is not None:
+        yield doc
+
+
+def load_objects(docs: Iterator[Any], source: str, into: Loaded) -> None:
+    """Parse raw API objects into ``into``, recording what was skipped and why."""
+    for doc in docs:
+        for item in _items(doc):
+            if not isinstance(item, Mapping):
+                into.problems.append(Problem(source, "", "", "not a Kubernetes object"))
+                continue
+            label = object_label(item)
+            if item.get("kind") not in KINDS:
+                into.problems.append(
+                    Problem(source, label, "kind", f"ignored: kind {item.get('kind')!r}", note=True)
+                )
+                continue
+            try:
+                obj = parse_object(item)
+            except InvalidObject as err:
+                into.problems.append(Problem(source, label, err.field, err.message))
+                continue
+            if obj is not None:
+                into.objects.append((source, obj))
+
+
+def load_paths(paths: list[Path]) -> Loaded:
+    """Read every manifest under paths; a file that does not parse is skipped whole."""
+    loaded = Loaded()
+    for path in paths:
+        if not path.exists():
+            loaded.problems.append(Problem(str(path), "", "", "no such file or folder"))
+            continue
+        for file in manifest_files(path):
+            try:
+                docs = list(_documents(file))
+            except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+                loaded.problems.append(Problem(str(file), "", "", f"unreadable: {err}"))
+                continue
+            load_objects(iter(docs), str(file), loaded)
+    return loaded

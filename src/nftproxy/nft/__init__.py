@@ -1,0 +1,1 @@
+"""The nftables object model (model), its one text renderer (render)."""

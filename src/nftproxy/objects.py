@@ -1,0 +1,378 @@
+"""Typed views of the Kubernetes objects nftproxy reads, parsed and validated.
+
+``parse_object`` turns one API object (a dict, as in a manifest or on the wire)
+into a frozen value, or raises :class:`~nftproxy.problems.InvalidObject` naming
+the field that is wrong. Kubernetes meaning (which Services to ignore, which
+endpoints to use) is not decided here but in :mod:`nftproxy.state`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from nftproxy.problems import InvalidObject
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+DEFAULT_AFFINITY_SECONDS = 10800
+MAX_AFFINITY_SECONDS = 86400
+
+
+class Protocol(StrEnum):
+    """An L4 protocol a Service port may use (the nft name is the lower-case value)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+@dataclass(frozen=True)
+class ServicePortSpec:
+    """One entry of ``spec.ports``."""
+
+    name: str
+    protocol: Protocol
+    port: int
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A v1 Service, reduced to what a proxy needs."""
+
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: tuple[IPAddress, ...]
+    headless: bool
+    external_ips: tuple[IPAddress, ...]
+    load_balancer_ips: tuple[IPAddress, ...]
+    ports: tuple[ServicePortSpec, ...]
+    affinity_timeout: int | None
+    external_local: bool
+    internal_local: bool
+    source_ranges: tuple[IPNetwork, ...]
+    health_check_node_port: int | None
+    proxy_name: str | None
+
+
+@dataclass(frozen=True)
+class SlicePort:
+    """One entry of an EndpointSlice's ``ports``."""
+
+    name: str
+    protocol: Protocol
+    port: int
+
+
+@dataclass(frozen=True)
+class SliceEndpoint:
+    """One address of an EndpointSlice endpoint, with its conditions."""
+
+    addr: IPAddress
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    """A discovery.k8s.io/v1 EndpointSlice of address type IPv4 or IPv6."""
+
+    namespace: str
+    name: str
+    service: str
+    endpoints: tuple[SliceEndpoint, ...]
+    ports: tuple[SlicePort, ...]
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A container port published on the node with ``hostPort``."""
+
+    host_port: int
+    container_port: int
+    protocol: Protocol
+    host_ip: IPAddress | None
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A v1 Pod, reduced to what hostPort handling needs."""
+
+    namespace: str
+    name: str
+    node_name: str | None
+    phase: str
+    pod_ips: tuple[IPAddress, ...]
+    host_ports: tuple[HostPort, ...]
+
+
+KubeObject = Service | EndpointSlice | Pod
+
+
+def object_label(doc: Mapping[str, Any]) -> str:
+    """``Kind namespace/name`` of a raw object, as far as it can be read."""
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    name = meta.get("name", "?")
+    ns = meta.get("namespace", "default")
+    return f"{doc.get('kind', '?')} {ns}/{name}"
+
+
+def _get(doc: Mapping[str, Any], path: str, kind: type, default: Any = None) -> Any:
+    """Read a dotted path; None and missing give default; a wrong type is an error."""
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            raise InvalidObject(path, "expected an object")
+        cur = cur.get(part)
+        if cur is None:
+            return default
+    if not isinstance(cur, kind) or (kind is int and isinstance(cur, bool)):
+        raise InvalidObject(path, f"expected {kind.__name__}, got {type(cur).__name__}")
+    return cur
+
+
+def _ip(text: Any, field: str) -> IPAddress:
+    if not isinstance(text, str):
+        raise InvalidObject(field, "expected an IP address string")
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise InvalidObject(field, f"invalid IP address {text!r}") from None
+
+
+def _port(value: Any, field: str, *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
+        raise InvalidObject(field, f"port {value!r} out of range {low}-65535")
+    return value
+
+
+def _protocol(value: Any, field: str) -> Protocol:
+    if value is None:
+        return Protocol.TCP
+    try:
+        return Protocol(str(value).lower())
+    except ValueError:
+        raise InvalidObject(field, f"unknown protocol {value!r}") from None
+
+
+def _metadata(doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+    name = _get(doc, "metadata.name", str)
+    if not name:
+        raise InvalidObject("metadata.name", "missing")
+    namespace = _get(doc, "metadata.namespace", str, "default")
+    labels = _get(doc, "metadata.labels", Mapping, {})
+    return namespace, name, labels
+
+
+def _list(doc: Mapping[str, Any], path: str) -> list[Any]:
+    value: list[Any] = _get(doc, path, list, [])
+    return value
+
+
+def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
+    ports = []
+    for i, p in enumerate(_list(doc, "spec.ports")):
+        field = f"spec.ports[{i}]"
+        if not isinstance(p, Mapping):
+            raise InvalidObject(field, "expected an object")
+        raw_node_port = p.get("nodePort")
+        node_port = 0 if raw_node_port is None else _port(
+            raw_node_port, f"{field}.nodePort", allow_zero=True
+        )
+        ports.append(
+            ServicePortSpec(
+                name=str(p.get("name") or ""),
+                protocol=_protocol(p.get("protocol"), f"{field}.protocol"),
+                port=_port(p.get("port"), f"{field}.port"),
+                node_port=node_port or None,
+            )
+        )
+    return tuple(ports)
+
+
+def _cluster_ips(doc: Mapping[str, Any]) -> tuple[tuple[IPAddress, ...], bool]:
+    texts = _list(doc, "spec.clusterIPs") or [_get(doc, "spec.clusterIP", str, "")]
+    if any(t in ("None", "") for t in texts):
+        return (), texts == ["None"] or "None" in texts
+    return tuple(_ip(t, f"spec.clusterIPs[{i}]") for i, t in enumerate(texts)), False
+
+
+def _lb_ips(doc: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+    ips = []
+    for i, ing in enumerate(_list(doc, "status.loadBalancer.ingress")):
+        if not isinstance(ing, Mapping) or not ing.get("ip"):
+            continue
+        if ing.get("ipMode") not in (None, "VIP"):
+            continue  # ipMode Proxy: the load balancer delivers to the node itself
+        ips.append(_ip(ing["ip"], f"status.loadBalancer.ingress[{i}].ip"))
+    return tuple(ips)
+
+
+def _source_ranges(doc: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
+    nets = []
+    for i, text in enumerate(_list(doc, "spec.loadBalancerSourceRanges")):
+        field = f"spec.loadBalancerSourceRanges[{i}]"
+        if not isinstance(text, str):
+            raise InvalidObject(field, "expected a CIDR string")
+        try:
+            nets.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise InvalidObject(field, f"invalid CIDR {text!r}") from None
+    return tuple(nets)
+
+
+def _affinity(doc: Mapping[str, Any]) -> int | None:
+    if _get(doc, "spec.sessionAffinity", str, "None") != "ClientIP":
+        return None
+    path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    timeout: int = _get(doc, path, int, DEFAULT_AFFINITY_SECONDS)
+    if not 0 < timeout <= MAX_AFFINITY_SECONDS:
+        raise InvalidObject(path, f"{timeout} out of range 1-{MAX_AFFINITY_SECONDS}")
+    return timeout
+
+
+def parse_service(doc: Mapping[str, Any]) -> Service:
+    """Parse a v1 Service."""
+    namespace, name, labels = _metadata(doc)
+    cluster_ips, headless = _cluster_ips(doc)
+    svc_type = _get(doc, "spec.type", str, "ClusterIP")
+    hc = _get(doc, "spec.healthCheckNodePort", int)
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=svc_type,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        external_ips=tuple(
+            _ip(t, f"spec.externalIPs[{i}]") for i, t in enumerate(_list(doc, "spec.externalIPs"))
+        ),
+        load_balancer_ips=_lb_ips(doc) if svc_type == "LoadBalancer" else (),
+        ports=_service_ports(doc),
+        affinity_timeout=_affinity(doc),
+        external_local=_get(doc, "spec.externalTrafficPolicy", str, "Cluster") == "Local",
+        internal_local=_get(doc, "spec.internalTrafficPolicy", str, "Cluster") == "Local",
+        source_ranges=_source_ranges(doc),
+        health_check_node_port=_port(hc, "spec.healthCheckNodePort") if hc else None,
+        proxy_name=labels.get(PROXY_NAME_LABEL),
+    )
+
+
+def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
+    field = f"endpoints[{i}]"
+    if not isinstance(ep, Mapping):
+        raise InvalidObject(field, "expected an object")
+    cond = ep.get("conditions") or {}
+    if not isinstance(cond, Mapping):
+        raise InvalidObject(f"{field}.conditions", "expected an object")
+    out = []
+    for j, text in enumerate(ep.get("addresses") or []):
+        addr = _ip(text, f"{field}.addresses[{j}]")
+        if addr.version != family:
+            raise InvalidObject(f"{field}.addresses[{j}]", f"not an IPv{family} address")
+        out.append(
+            SliceEndpoint(
+                addr=addr,
+                # The API reads a nil ready/serving as true and a nil terminating as false.
+                ready=cond.get("ready") is not False,
+                serving=cond.get("serving") is not False,
+                terminating=cond.get("terminating") is True,
+                node_name=ep.get("nodeName"),
+            )
+        )
+    return out
+
+
+def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
+    ports = []
+    for i, p in enumerate(_list(doc, "ports")):
+        if not isinstance(p, Mapping):
+            raise InvalidObject(f"ports[{i}]", "expected an object")
+        if p.get("port") is None:
+            continue  # a nil port means "all ports"; kube-proxy ignores such ports too
+        ports.append(
+            SlicePort(
+                name=str(p.get("name") or ""),
+                protocol=_protocol(p.get("protocol"), f"ports[{i}].protocol"),
+                port=_port(p.get("port"), f"ports[{i}].port"),
+            )
+        )
+    return tuple(ports)
+
+
+def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice | None:
+    """Parse an EndpointSlice; None for address type FQDN (not proxied)."""
+    namespace, name, labels = _metadata(doc)
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service:
+        raise InvalidObject(f"metadata.labels[{SERVICE_NAME_LABEL}]", "missing")
+    address_type = _get(doc, "addressType", str)
+    if address_type == "FQDN":
+        return None
+    if address_type not in ("IPv4", "IPv6"):
+        raise InvalidObject("addressType", f"unknown address type {address_type!r}")
+    family = 4 if address_type == "IPv4" else 6
+    endpoints = [
+        e for i, ep in enumerate(_list(doc, "endpoints")) for e in _slice_endpoint(ep, i, family)
+    ]
+    return EndpointSlice(namespace, name, service, tuple(endpoints), _slice_ports(doc))
+
+
+def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
+    out = []
+    for c, container in enumerate(_list(doc, "spec.containers")):
+        if not isinstance(container, Mapping):
+            raise InvalidObject(f"spec.containers[{c}]", "expected an object")
+        for p, port in enumerate(container.get("ports") or []):
+            field = f"spec.containers[{c}].ports[{p}]"
+            if not isinstance(port, Mapping) or not port.get("hostPort"):
+                continue
+            host_ip = port.get("hostIP")
+            out.append(
+                HostPort(
+                    host_port=_port(port["hostPort"], f"{field}.hostPort"),
+                    container_port=_port(port.get("containerPort"), f"{field}.containerPort"),
+                    protocol=_protocol(port.get("protocol"), f"{field}.protocol"),
+                    host_ip=_ip(host_ip, f"{field}.hostIP") if host_ip else None,
+                )
+            )
+    return tuple(out)
+
+
+def parse_pod(doc: Mapping[str, Any]) -> Pod:
+    """Parse a v1 Pod."""
+    namespace, name, _ = _metadata(doc)
+    ips = [p.get("ip") for p in _list(doc, "status.podIPs") if isinstance(p, Mapping)]
+    if not ips and _get(doc, "status.podIP", str):
+        ips = [doc["status"]["podIP"]]
+    return Pod(
+        namespace=namespace,
+        name=name,
+        node_name=_get(doc, "spec.nodeName", str),
+        phase=_get(doc, "status.phase", str, "Unknown"),
+        pod_ips=tuple(_ip(t, f"status.podIPs[{i}].ip") for i, t in enumerate(ips)),
+        host_ports=_host_ports(doc),
+    )
+
+
+def parse_object(doc: Mapping[str, Any]) -> KubeObject | None:
+    """Parse a Service, EndpointSlice or Pod; None for an object nftproxy does not proxy."""
+    kind = doc.get("kind")
+    if kind == "Service":
+        return parse_service(doc)
+    if kind == "EndpointSlice":
+        return parse_endpoint_slice(doc)
+    if kind == "Pod":
+        return parse_pod(doc)
+    raise InvalidObject("kind", f"unsupported kind {kind!r}")

@@ -1,0 +1,34 @@
+"""Problems found in input: reported with where they came from, never fatal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the input that was skipped, with enough context to find it.
+
+    ``source`` is a file path (or ``api``), ``obj`` is ``Kind namespace/name``
+    and ``field`` the JSON path of the offending field.
+    """
+
+    source: str
+    obj: str
+    field: str
+    message: str
+    note: bool = False
+    """True for something skipped on purpose (an ignored kind or Service), not an error."""
+
+    def __str__(self) -> str:
+        where = ": ".join(p for p in (self.source, self.obj, self.field) if p)
+        return f"{where}: {self.message}"
+
+
+class InvalidObject(ValueError):
+    """An API object that cannot be used, and the field that is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
