@@ -262,7 +262,10 @@ class _TableBuilder:
                    Match((Field.SADDR, Field.DADDR), SetRef(names.HAIRPIN)), MARK_MASQ)
         self.chain(names.MASQUERADING, hairpin, (MarkTest(mark, set_=False), Verdict(VerdictKind.RETURN)),
                    (MarkSet(mark, xor=True),), (Masquerade(),))
-        self.chain(names.REJECT, (Reject(),), comment="helper for @no-endpoint-services")
+        # Linux treats an ICMPv6 port unreachable as a soft error for a connecting TCP
+        # socket (the client waits for its timeout), so TCP gets a reset instead.
+        self.chain(names.REJECT, (Match((Field.L4PROTO,), "tcp"), Reject(tcp_reset=True)), (Reject(),),
+                   comment="refuse connections to Services without endpoints")
         self.chain(names.SERVICES, (VMap(TUPLE, names.SERVICE_IPS),))
         self.chain(names.ENDPOINTS_CHECK, (VMap(TUPLE, names.NO_ENDPOINT_SERVICES),))
         self.chain(names.FIREWALL_CHECK, (
@@ -272,7 +275,8 @@ class _TableBuilder:
         ), comment="loadBalancerSourceRanges")
         unallocated = [((Match((Field.DADDR,), str(c)), Verdict(VerdictKind.DROP))) for c in self.node.service_cidrs]
         self.chain(names.CLUSTER_IPS_CHECK,
-                   (Match((Field.DADDR,), SetRef(names.CLUSTER_IPS)), Reject()), *unallocated,
+                   (Match((Field.DADDR,), SetRef(names.CLUSTER_IPS)), _goto(names.REJECT)),
+                   *unallocated,
                    comment="reject unused ports of ClusterIPs, drop unallocated ClusterIPs")
 
     def base_chains(self) -> list[Chain]:

@@ -102,6 +102,9 @@ class Lab:
     def _netns(self, name: str) -> str:
         ip("netns", "add", name)
         self.namespaces.append(name)
+        # No duplicate address detection: addresses are usable at once.
+        for conf in ("all", "default"):
+            in_ns(name, "sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0")
         ip("-n", name, "link", "set", "lo", "up")
         return name
 

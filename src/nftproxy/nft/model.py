@@ -111,7 +111,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Reject:
-    """``reject``: ICMP port unreachable (ICMPv6 in ip6 tables)."""
+    """``reject``: ICMP(v6) port unreachable, or a TCP reset with ``tcp_reset``."""
+
+    tcp_reset: bool = False
 
 
 @dataclass(frozen=True)

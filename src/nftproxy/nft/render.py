@@ -94,7 +94,7 @@ def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branc
     if isinstance(term, Verdict):
         return term.kind.value if term.chain is None else f"{term.kind.value} {term.chain}"
     if isinstance(term, Reject):
-        return "reject"
+        return "reject with tcp reset" if term.tcp_reset else "reject"
     if isinstance(term, VMap):
         return f"{render_key(term.key, family)} vmap @{term.map}"
     if isinstance(term, DnatMap):
