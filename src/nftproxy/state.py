@@ -143,6 +143,7 @@ def _ignore_reason(svc: Service) -> str | None:
 
 def _usable(endpoints: Iterable[Endpoint], eps: dict[Endpoint, SliceEndpoint]) -> tuple[Endpoint, ...]:
     """Ready endpoints, else the serving terminating ones (kube-proxy's fallback)."""
+    endpoints = tuple(endpoints)
     ready = sorted(e for e in endpoints if eps[e].ready)
     if ready:
         return tuple(ready)

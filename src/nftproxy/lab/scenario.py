@@ -134,6 +134,8 @@ class Runner:
                 addrs.add(ipaddress.ip_address(c.src))
             if not isinstance(c.expect, str):
                 addrs.update(ipaddress.ip_address(split_endpoint(e)[0]) for e in c.expect)
+            if c.expect == "PASS":
+                addrs.add(ipaddress.ip_address(c.dst))
         for _, obj in self.s.objects.objects:
             if isinstance(obj, EndpointSlice):
                 addrs.update(ep.addr for ep in obj.endpoints)
