@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import HERE, ScenarioLabs
+
 from nftproxy.lab.scenario import load_scenario
 
 FILES = sorted((HERE / "conformance").glob("*.yaml")) + sorted((HERE / "scenarios").glob("*.yaml"))

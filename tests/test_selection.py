@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import HERE
+
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect
 from nftproxy.lab.scenario import Runner, load_scenario
@@ -53,7 +53,9 @@ def _affinity_sets(lab: Lab) -> dict[str, list[str]]:
     for obj in out["nftables"]:
         s = obj.get("set")
         if s and s["name"].startswith("affinity-"):
-            sets[s["name"]] = [e["elem"]["val"] if isinstance(e, dict) else e for e in s.get("elem", [])]
+            sets[s["name"]] = [
+                e["elem"]["val"] if isinstance(e, dict) else e for e in s.get("elem", [])
+            ]
     return sets
 
 
@@ -67,7 +69,9 @@ def _assert_even(counts: Counter[str]) -> None:
 class TestRandomChoice:
     def test_endpoints_are_equally_likely(self, lab: tuple[Lab, Runner]) -> None:
         """600 connections spread evenly over 3 endpoints (the numgen map lookup)."""
-        counts = Counter(_endpoint(lab[0], "10.0.0.2", "172.30.0.10", 80) for _ in range(SPREAD_TRIES))
+        counts = Counter(
+            _endpoint(lab[0], "10.0.0.2", "172.30.0.10", 80) for _ in range(SPREAD_TRIES)
+        )
         _assert_even(counts)
 
 

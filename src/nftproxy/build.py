@@ -28,10 +28,10 @@ from nftproxy.nft.model import (
     Field,
     Hook,
     Key,
-    Masquerade,
-    Match,
     MarkSet,
     MarkTest,
+    Masquerade,
+    Match,
     Numgen,
     Op,
     Reject,
@@ -88,19 +88,50 @@ JUMPS = (
 # (name, key, value, interval, comment) of every fixed named set and map.
 SETS = (
     (names.SERVICE_IPS, TUPLE_TYPE, (DataType.VERDICT,), False, "Service entries with endpoints"),
-    (names.NO_ENDPOINT_SERVICES, TUPLE_TYPE, (DataType.VERDICT,), False,
-     "Service entries without usable endpoints: reject or drop"),
-    (names.BACKENDS, (*TUPLE_TYPE, DataType.INDEX), ENDPOINT_TYPE, False,
-     "entry and random index to endpoint"),
-    (names.LOCAL_BACKENDS, (*TUPLE_TYPE, DataType.INDEX), ENDPOINT_TYPE, False,
-     "entry and random index to a local endpoint (externalTrafficPolicy Local)"),
+    (
+        names.NO_ENDPOINT_SERVICES,
+        TUPLE_TYPE,
+        (DataType.VERDICT,),
+        False,
+        "Service entries without usable endpoints: reject or drop",
+    ),
+    (
+        names.BACKENDS,
+        (*TUPLE_TYPE, DataType.INDEX),
+        ENDPOINT_TYPE,
+        False,
+        "entry and random index to endpoint",
+    ),
+    (
+        names.LOCAL_BACKENDS,
+        (*TUPLE_TYPE, DataType.INDEX),
+        ENDPOINT_TYPE,
+        False,
+        "entry and random index to a local endpoint (externalTrafficPolicy Local)",
+    ),
     (names.CLUSTER_IPS, (DataType.ADDR,), (), False, "ClusterIPs of all Services"),
-    (names.POD_CIDRS, (DataType.ADDR,), (), True, "pod CIDRs: traffic from here is cluster traffic"),
+    (
+        names.POD_CIDRS,
+        (DataType.ADDR,),
+        (),
+        True,
+        "pod CIDRs: traffic from here is cluster traffic",
+    ),
     (names.FIREWALL_IPS, TUPLE_TYPE, (), False, "LoadBalancer entries with source ranges"),
-    (names.FIREWALL_ALLOW, (*TUPLE_TYPE, DataType.ADDR), (), True,
-     "LoadBalancer entries and the sources they allow"),
-    (names.HAIRPIN, (DataType.ADDR, DataType.ADDR), (), False,
-     "endpoint to itself: a pod reaching itself through its Service"),
+    (
+        names.FIREWALL_ALLOW,
+        (*TUPLE_TYPE, DataType.ADDR),
+        (),
+        True,
+        "LoadBalancer entries and the sources they allow",
+    ),
+    (
+        names.HAIRPIN,
+        (DataType.ADDR, DataType.ADDR),
+        (),
+        False,
+        "endpoint to itself: a pod reaching itself through its Service",
+    ),
 )
 
 
@@ -129,8 +160,13 @@ class _TableBuilder:
         self.chains: dict[str, Chain] = {}
         self.affinity_sets: dict[str, Set] = {}
 
-    def element(self, set_name: str, key: Iterable[str], value: Value | None = None,
-                comment: str | None = None) -> None:
+    def element(
+        self,
+        set_name: str,
+        key: Iterable[str],
+        value: Value | None = None,
+        comment: str | None = None,
+    ) -> None:
         self.elements[set_name].append(Element(tuple(key), value, comment))
 
     def chain(self, name: str, *rules: tuple[Term, ...], comment: str | None = None) -> str:
@@ -140,8 +176,15 @@ class _TableBuilder:
 
     # -- endpoint selection -------------------------------------------------
 
-    def selection(self, sp: ServicePort, key: tuple[str, ...], group: tuple[Endpoint, ...],
-                  *, local: bool, backends: str) -> str:
+    def selection(
+        self,
+        sp: ServicePort,
+        key: tuple[str, ...],
+        group: tuple[Endpoint, ...],
+        *,
+        local: bool,
+        backends: str,
+    ) -> str:
         """The chain that DNATs a new connection to one endpoint of group."""
         if sp.affinity_timeout is not None:
             return self.sticky(sp, group, local=local)
@@ -151,7 +194,10 @@ class _TableBuilder:
         # nft accepts a port in a DNAT target only after a protocol match.
         return self.chain(
             f"{prefix}-{len(group)}",
-            (Match((Field.L4PROTO,), ALL_PROTOCOLS), DnatMap((*TUPLE, Numgen(len(group))), backends)),
+            (
+                Match((Field.L4PROTO,), ALL_PROTOCOLS),
+                DnatMap((*TUPLE, Numgen(len(group))), backends),
+            ),
             comment=f"one of {len(group)} endpoints at random, from @{backends}",
         )
 
@@ -166,8 +212,11 @@ class _TableBuilder:
             first = (Match((Numgen(len(group) - i),), "0"),) if i < len(group) - 1 else ()
             rules.append((*first, *to))
         kind = "sticky-local" if local else "sticky"
-        return self.chain(f"{kind}-{names.hashed(str(sp.name))}", *rules,
-                          comment=f"{sp.name}: ClientIP affinity {sp.affinity_timeout}s")
+        return self.chain(
+            f"{kind}-{names.hashed(str(sp.name))}",
+            *rules,
+            comment=f"{sp.name}: ClientIP affinity {sp.affinity_timeout}s",
+        )
 
     def _to_endpoint(self, sp: ServicePort, ep: Endpoint) -> tuple[str, tuple[Term, ...]]:
         label = names.endpoint_label(str(ep.addr), ep.port)
@@ -176,7 +225,11 @@ class _TableBuilder:
             aff, Set(aff, (DataType.ADDR,), dynamic=True, timeout=sp.affinity_timeout)
         )
         update = SetUpdate(aff, (Field.SADDR,))
-        return aff, (update, Match((Field.L4PROTO,), sp.protocol.value), Dnat(str(ep.addr), ep.port))
+        return aff, (
+            update,
+            Match((Field.L4PROTO,), sp.protocol.value),
+            Dnat(str(ep.addr), ep.port),
+        )
 
     # -- traffic classes ----------------------------------------------------
 
@@ -190,12 +243,20 @@ class _TableBuilder:
 
     def clusterip_class(self, sel: str) -> str:
         masq = self.masquerade_cluster_traffic()
-        return self.chain(f"clusterip/{sel}", *([masq] if masq else []), (_goto(sel),),
-                          comment="ClusterIP: masquerade off-cluster sources")
+        return self.chain(
+            f"clusterip/{sel}",
+            *([masq] if masq else []),
+            (_goto(sel),),
+            comment="ClusterIP: masquerade off-cluster sources",
+        )
 
     def external_class(self, sel: str) -> str:
-        return self.chain(f"external/{sel}", (MARK_MASQ,), (_goto(sel),),
-                          comment="external entry, Cluster policy: always masquerade")
+        return self.chain(
+            f"external/{sel}",
+            (MARK_MASQ,),
+            (_goto(sel),),
+            comment="external entry, Cluster policy: always masquerade",
+        )
 
     def external_local_class(self, sel: str, local_sel: str | None) -> str:
         local_source = Match((Field.FIB_SADDR_TYPE,), "local")
@@ -206,8 +267,11 @@ class _TableBuilder:
         rules += [(local_source, MARK_MASQ), (local_source, _goto(sel))]
         if local_sel is not None:
             rules.append((_goto(local_sel),))
-        return self.chain(f"external-local/{sel}/{local_sel or 'none'}", *rules,
-                          comment="external entry, Local policy: keep the client address")
+        return self.chain(
+            f"external-local/{sel}/{local_sel or 'none'}",
+            *rules,
+            comment="external entry, Local policy: keep the client address",
+        )
 
     # -- entries ------------------------------------------------------------
 
@@ -226,7 +290,9 @@ class _TableBuilder:
             for net in sp.source_ranges:
                 self.element(names.FIREWALL_ALLOW, (*key, str(net)))
 
-    def internal_entry(self, sp: ServicePort, key: tuple[str, ...]) -> tuple[str | None, Value | None]:
+    def internal_entry(
+        self, sp: ServicePort, key: tuple[str, ...]
+    ) -> tuple[str | None, Value | None]:
         group = sp.internal_endpoints
         if not group:
             # No endpoints at all: reject. Only remote ones (internalTrafficPolicy Local): drop.
@@ -234,7 +300,9 @@ class _TableBuilder:
         sel = self.selection(sp, key, group, local=sp.internal_local, backends=names.BACKENDS)
         return self.clusterip_class(sel), None
 
-    def external_entry(self, sp: ServicePort, key: tuple[str, ...]) -> tuple[str | None, Value | None]:
+    def external_entry(
+        self, sp: ServicePort, key: tuple[str, ...]
+    ) -> tuple[str | None, Value | None]:
         if not sp.cluster_endpoints:
             return None, ("goto", names.REJECT)
         sel = self.selection(sp, key, sp.cluster_endpoints, local=False, backends=names.BACKENDS)
@@ -242,8 +310,9 @@ class _TableBuilder:
             return self.external_class(sel), None
         local_sel = None
         if sp.local_endpoints:
-            local_sel = self.selection(sp, key, sp.local_endpoints, local=True,
-                                       backends=names.LOCAL_BACKENDS)
+            local_sel = self.selection(
+                sp, key, sp.local_endpoints, local=True, backends=names.LOCAL_BACKENDS
+            )
         # Without local endpoints, what the class chain does not short-circuit is dropped.
         return self.external_local_class(sel, local_sel), (None if local_sel else ("drop",))
 
@@ -258,26 +327,47 @@ class _TableBuilder:
     def fixed_chains(self) -> None:
         mark = self.node.masquerade_mark
         self.chain(names.MARK_FOR_MASQUERADE, (MarkSet(mark),))
-        hairpin = (Match((Field.CT_STATUS,), "dnat"),
-                   Match((Field.SADDR, Field.DADDR), SetRef(names.HAIRPIN)), MARK_MASQ)
-        self.chain(names.MASQUERADING, hairpin, (MarkTest(mark, set_=False), Verdict(VerdictKind.RETURN)),
-                   (MarkSet(mark, xor=True),), (Masquerade(),))
+        hairpin = (
+            Match((Field.CT_STATUS,), "dnat"),
+            Match((Field.SADDR, Field.DADDR), SetRef(names.HAIRPIN)),
+            MARK_MASQ,
+        )
+        self.chain(
+            names.MASQUERADING,
+            hairpin,
+            (MarkTest(mark, set_=False), Verdict(VerdictKind.RETURN)),
+            (MarkSet(mark, xor=True),),
+            (Masquerade(),),
+        )
         # Linux treats an ICMPv6 port unreachable as a soft error for a connecting TCP
         # socket (the client waits for its timeout), so TCP gets a reset instead.
-        self.chain(names.REJECT, (Match((Field.L4PROTO,), "tcp"), Reject(tcp_reset=True)), (Reject(),),
-                   comment="refuse connections to Services without endpoints")
+        self.chain(
+            names.REJECT,
+            (Match((Field.L4PROTO,), "tcp"), Reject(tcp_reset=True)),
+            (Reject(),),
+            comment="refuse connections to Services without endpoints",
+        )
         self.chain(names.SERVICES, (VMap(TUPLE, names.SERVICE_IPS),))
         self.chain(names.ENDPOINTS_CHECK, (VMap(TUPLE, names.NO_ENDPOINT_SERVICES),))
-        self.chain(names.FIREWALL_CHECK, (
-            Match(TUPLE, SetRef(names.FIREWALL_IPS)),
-            Match((*TUPLE, Field.SADDR), SetRef(names.FIREWALL_ALLOW), Op.NE),
-            Verdict(VerdictKind.DROP),
-        ), comment="loadBalancerSourceRanges")
-        unallocated = [((Match((Field.DADDR,), str(c)), Verdict(VerdictKind.DROP))) for c in self.node.service_cidrs]
-        self.chain(names.CLUSTER_IPS_CHECK,
-                   (Match((Field.DADDR,), SetRef(names.CLUSTER_IPS)), _goto(names.REJECT)),
-                   *unallocated,
-                   comment="reject unused ports of ClusterIPs, drop unallocated ClusterIPs")
+        self.chain(
+            names.FIREWALL_CHECK,
+            (
+                Match(TUPLE, SetRef(names.FIREWALL_IPS)),
+                Match((*TUPLE, Field.SADDR), SetRef(names.FIREWALL_ALLOW), Op.NE),
+                Verdict(VerdictKind.DROP),
+            ),
+            comment="loadBalancerSourceRanges",
+        )
+        unallocated = [
+            ((Match((Field.DADDR,), str(c)), Verdict(VerdictKind.DROP)))
+            for c in self.node.service_cidrs
+        ]
+        self.chain(
+            names.CLUSTER_IPS_CHECK,
+            (Match((Field.DADDR,), SetRef(names.CLUSTER_IPS)), _goto(names.REJECT)),
+            *unallocated,
+            comment="reject unused ports of ClusterIPs, drop unallocated ClusterIPs",
+        )
 
     def base_chains(self) -> list[Chain]:
         jumps: dict[str, list[Rule]] = defaultdict(list)
@@ -292,8 +382,14 @@ class _TableBuilder:
     def sets(self) -> list[Set]:
         self.elements[names.POD_CIDRS] = [Element((str(c),)) for c in self.node.pod_cidrs]
         fixed = [
-            Set(name, key, value, interval=interval, comment=comment,
-                elements=tuple(self.elements.get(name, ())))
+            Set(
+                name,
+                key,
+                value,
+                interval=interval,
+                comment=comment,
+                elements=tuple(self.elements.get(name, ())),
+            )
             for name, key, value, interval, comment in SETS
         ]
         return fixed + sorted(self.affinity_sets.values(), key=lambda s: s.name)

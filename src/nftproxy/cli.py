@@ -25,26 +25,58 @@ from nftproxy.state import compute_state
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
     """The kube-proxy-compatible flags that describe the node and proxy settings."""
-    parser.add_argument("-f", "--filename", dest="paths", action="append", type=Path,
-                        required=True, metavar="PATH",
-                        help="manifest file or folder (YAML or JSON); repeatable")
-    parser.add_argument("--hostname-override", metavar="NAME",
-                        help="node name: endpoints with this nodeName are local (default: hostname)")
-    parser.add_argument("--node-ip", action="append", metavar="IP",
-                        help="node address, repeatable; first of each family is primary "
-                             "(default: read from the host)")
-    parser.add_argument("--cluster-cidr", metavar="CIDR[,CIDR]",
-                        help="pod CIDRs; traffic from elsewhere to a ClusterIP is masqueraded")
-    parser.add_argument("--service-cidr", metavar="CIDR[,CIDR]",
-                        help="Service IP ranges; traffic to unallocated addresses is dropped")
-    parser.add_argument("--nodeport-addresses", metavar="LIST",
-                        help="comma list of CIDRs and the words primary (default) and all")
-    parser.add_argument("--masquerade-all", action="store_true", default=None,
-                        help="masquerade all traffic to Services")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="KubeProxyConfiguration file; flags given explicitly win")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit non-zero when any object is invalid")
+    parser.add_argument(
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="manifest file or folder (YAML or JSON); repeatable",
+    )
+    parser.add_argument(
+        "--hostname-override",
+        metavar="NAME",
+        help="node name: endpoints with this nodeName are local (default: hostname)",
+    )
+    parser.add_argument(
+        "--node-ip",
+        action="append",
+        metavar="IP",
+        help="node address, repeatable; first of each family is primary "
+        "(default: read from the host)",
+    )
+    parser.add_argument(
+        "--cluster-cidr",
+        metavar="CIDR[,CIDR]",
+        help="pod CIDRs; traffic from elsewhere to a ClusterIP is masqueraded",
+    )
+    parser.add_argument(
+        "--service-cidr",
+        metavar="CIDR[,CIDR]",
+        help="Service IP ranges; traffic to unallocated addresses is dropped",
+    )
+    parser.add_argument(
+        "--nodeport-addresses",
+        metavar="LIST",
+        help="comma list of CIDRs and the words primary (default) and all",
+    )
+    parser.add_argument(
+        "--masquerade-all",
+        action="store_true",
+        default=None,
+        help="masquerade all traffic to Services",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="KubeProxyConfiguration file; flags given explicitly win",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit non-zero when any object is invalid"
+    )
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
@@ -58,13 +90,13 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.node_ip:
         ips = parse_ips(args.node_ip)
     else:
-        from nftproxy.netinfo import node_ips
+        from nftproxy.netinfo import node_ips  # noqa: PLC0415 - netlink only when asked
 
         ips = node_ips()
     if pick("hostname_override"):
         name = str(pick("hostname_override"))
     else:
-        from nftproxy.netinfo import hostname
+        from nftproxy.netinfo import hostname  # noqa: PLC0415 - netlink only when asked
 
         name = hostname()
     return NodeConfig(

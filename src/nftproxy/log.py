@@ -32,5 +32,10 @@ def report(problems: list[Problem] | tuple[Problem, ...]) -> None:
     log = structlog.get_logger("nftproxy")
     for p in problems:
         emit = log.info if p.note else log.warning
-        emit("skipped" if p.note else "invalid object skipped", source=p.source or None,
-             object=p.obj or None, field=p.field or None, reason=p.message)
+        emit(
+            "skipped" if p.note else "invalid object skipped",
+            source=p.source or None,
+            object=p.obj or None,
+            field=p.field or None,
+            reason=p.message,
+        )

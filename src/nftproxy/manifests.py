@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from nftproxy.objects import object_label, parse_object
-from nftproxy.problems import InvalidObject, Problem
+from nftproxy.problems import InvalidObjectError, Problem
 from nftproxy.state import Sourced
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -65,7 +65,7 @@ def load_objects(docs: Iterator[Any], source: str, into: Loaded) -> None:
                 continue
             try:
                 obj = parse_object(item)
-            except InvalidObject as err:
+            except InvalidObjectError as err:
                 into.problems.append(Problem(source, label, err.field, err.message))
                 continue
             if obj is not None:

@@ -16,7 +16,8 @@ def node_ips() -> tuple[IPAddress, ...]:
     """The node's global addresses; per family, the default route's interface first."""
     with IPRoute() as ipr:
         default_ifs = {
-            r.get_attr("RTA_OIF") for fam in (socket.AF_INET, socket.AF_INET6)
+            r.get_attr("RTA_OIF")
+            for fam in (socket.AF_INET, socket.AF_INET6)
             for r in ipr.get_default_routes(family=fam)
         }
         addrs = [

@@ -1,7 +1,7 @@
 """Typed views of the Kubernetes objects nftproxy reads, parsed and validated.
 
 ``parse_object`` turns one API object (a dict, as in a manifest or on the wire)
-into a frozen value, or raises :class:`~nftproxy.problems.InvalidObject` naming
+into a frozen value, or raises :class:`~nftproxy.problems.InvalidObjectError` naming
 the field that is wrong. Kubernetes meaning (which Services to ignore, which
 endpoints to use) is not decided here but in :mod:`nftproxy.state`.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from nftproxy.problems import InvalidObject
+from nftproxy.problems import InvalidObjectError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -133,28 +133,28 @@ def _get(doc: Mapping[str, Any], path: str, kind: type, default: Any = None) -> 
     cur: Any = doc
     for part in path.split("."):
         if not isinstance(cur, Mapping):
-            raise InvalidObject(path, "expected an object")
+            raise InvalidObjectError(path, "expected an object")
         cur = cur.get(part)
         if cur is None:
             return default
     if not isinstance(cur, kind) or (kind is int and isinstance(cur, bool)):
-        raise InvalidObject(path, f"expected {kind.__name__}, got {type(cur).__name__}")
+        raise InvalidObjectError(path, f"expected {kind.__name__}, got {type(cur).__name__}")
     return cur
 
 
 def _ip(text: Any, field: str) -> IPAddress:
     if not isinstance(text, str):
-        raise InvalidObject(field, "expected an IP address string")
+        raise InvalidObjectError(field, "expected an IP address string")
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
-        raise InvalidObject(field, f"invalid IP address {text!r}") from None
+        raise InvalidObjectError(field, f"invalid IP address {text!r}") from None
 
 
 def _port(value: Any, field: str, *, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
-        raise InvalidObject(field, f"port {value!r} out of range {low}-65535")
+        raise InvalidObjectError(field, f"port {value!r} out of range {low}-65535")
     return value
 
 
@@ -164,13 +164,13 @@ def _protocol(value: Any, field: str) -> Protocol:
     try:
         return Protocol(str(value).lower())
     except ValueError:
-        raise InvalidObject(field, f"unknown protocol {value!r}") from None
+        raise InvalidObjectError(field, f"unknown protocol {value!r}") from None
 
 
 def _metadata(doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     name = _get(doc, "metadata.name", str)
     if not name:
-        raise InvalidObject("metadata.name", "missing")
+        raise InvalidObjectError("metadata.name", "missing")
     namespace = _get(doc, "metadata.namespace", str, "default")
     labels = _get(doc, "metadata.labels", Mapping, {})
     return namespace, name, labels
@@ -186,10 +186,12 @@ def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
     for i, p in enumerate(_list(doc, "spec.ports")):
         field = f"spec.ports[{i}]"
         if not isinstance(p, Mapping):
-            raise InvalidObject(field, "expected an object")
+            raise InvalidObjectError(field, "expected an object")
         raw_node_port = p.get("nodePort")
-        node_port = 0 if raw_node_port is None else _port(
-            raw_node_port, f"{field}.nodePort", allow_zero=True
+        node_port = (
+            0
+            if raw_node_port is None
+            else _port(raw_node_port, f"{field}.nodePort", allow_zero=True)
         )
         ports.append(
             ServicePortSpec(
@@ -225,11 +227,11 @@ def _source_ranges(doc: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
     for i, text in enumerate(_list(doc, "spec.loadBalancerSourceRanges")):
         field = f"spec.loadBalancerSourceRanges[{i}]"
         if not isinstance(text, str):
-            raise InvalidObject(field, "expected a CIDR string")
+            raise InvalidObjectError(field, "expected a CIDR string")
         try:
             nets.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
-            raise InvalidObject(field, f"invalid CIDR {text!r}") from None
+            raise InvalidObjectError(field, f"invalid CIDR {text!r}") from None
     return tuple(nets)
 
 
@@ -239,7 +241,7 @@ def _affinity(doc: Mapping[str, Any]) -> int | None:
     path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
     timeout: int = _get(doc, path, int, DEFAULT_AFFINITY_SECONDS)
     if not 0 < timeout <= MAX_AFFINITY_SECONDS:
-        raise InvalidObject(path, f"{timeout} out of range 1-{MAX_AFFINITY_SECONDS}")
+        raise InvalidObjectError(path, f"{timeout} out of range 1-{MAX_AFFINITY_SECONDS}")
     return timeout
 
 
@@ -272,15 +274,15 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
 def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
     field = f"endpoints[{i}]"
     if not isinstance(ep, Mapping):
-        raise InvalidObject(field, "expected an object")
+        raise InvalidObjectError(field, "expected an object")
     cond = ep.get("conditions") or {}
     if not isinstance(cond, Mapping):
-        raise InvalidObject(f"{field}.conditions", "expected an object")
+        raise InvalidObjectError(f"{field}.conditions", "expected an object")
     out = []
     for j, text in enumerate(ep.get("addresses") or []):
         addr = _ip(text, f"{field}.addresses[{j}]")
         if addr.version != family:
-            raise InvalidObject(f"{field}.addresses[{j}]", f"not an IPv{family} address")
+            raise InvalidObjectError(f"{field}.addresses[{j}]", f"not an IPv{family} address")
         out.append(
             SliceEndpoint(
                 addr=addr,
@@ -298,7 +300,7 @@ def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
     ports = []
     for i, p in enumerate(_list(doc, "ports")):
         if not isinstance(p, Mapping):
-            raise InvalidObject(f"ports[{i}]", "expected an object")
+            raise InvalidObjectError(f"ports[{i}]", "expected an object")
         if p.get("port") is None:
             continue  # a nil port means "all ports"; kube-proxy ignores such ports too
         ports.append(
@@ -316,12 +318,12 @@ def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice | None:
     namespace, name, labels = _metadata(doc)
     service = labels.get(SERVICE_NAME_LABEL)
     if not service:
-        raise InvalidObject(f"metadata.labels[{SERVICE_NAME_LABEL}]", "missing")
+        raise InvalidObjectError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "missing")
     address_type = _get(doc, "addressType", str)
     if address_type == "FQDN":
         return None
     if address_type not in ("IPv4", "IPv6"):
-        raise InvalidObject("addressType", f"unknown address type {address_type!r}")
+        raise InvalidObjectError("addressType", f"unknown address type {address_type!r}")
     family = 4 if address_type == "IPv4" else 6
     endpoints = [
         e for i, ep in enumerate(_list(doc, "endpoints")) for e in _slice_endpoint(ep, i, family)
@@ -333,7 +335,7 @@ def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
     out = []
     for c, container in enumerate(_list(doc, "spec.containers")):
         if not isinstance(container, Mapping):
-            raise InvalidObject(f"spec.containers[{c}]", "expected an object")
+            raise InvalidObjectError(f"spec.containers[{c}]", "expected an object")
         for p, port in enumerate(container.get("ports") or []):
             field = f"spec.containers[{c}].ports[{p}]"
             if not isinstance(port, Mapping) or not port.get("hostPort"):
@@ -375,4 +377,4 @@ def parse_object(doc: Mapping[str, Any]) -> KubeObject | None:
         return parse_endpoint_slice(doc)
     if kind == "Pod":
         return parse_pod(doc)
-    raise InvalidObject("kind", f"unsupported kind {kind!r}")
+    raise InvalidObjectError("kind", f"unsupported kind {kind!r}")

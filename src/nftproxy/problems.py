@@ -25,7 +25,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class InvalidObject(ValueError):
+class InvalidObjectError(ValueError):
     """An API object that cannot be used, and the field that is wrong."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -141,7 +141,9 @@ def _ignore_reason(svc: Service) -> str | None:
     return None
 
 
-def _usable(endpoints: Iterable[Endpoint], eps: dict[Endpoint, SliceEndpoint]) -> tuple[Endpoint, ...]:
+def _usable(
+    endpoints: Iterable[Endpoint], eps: dict[Endpoint, SliceEndpoint]
+) -> tuple[Endpoint, ...]:
     """Ready endpoints, else the serving terminating ones (kube-proxy's fallback)."""
     endpoints = tuple(endpoints)
     ready = sorted(e for e in endpoints if eps[e].ready)
@@ -167,7 +169,9 @@ def _port_endpoints(
     return found
 
 
-def _entries(svc: Service, spec: ServicePortSpec, node: FamilyNode, version: int) -> Iterator[Entry]:
+def _entries(
+    svc: Service, spec: ServicePortSpec, node: FamilyNode, version: int
+) -> Iterator[Entry]:
     for ip in svc.cluster_ips:
         if ip.version == version:
             yield Entry(ip, spec.port, EntryKind.CLUSTER_IP)
@@ -253,12 +257,18 @@ def _claim_entries(ports: list[ServicePort]) -> tuple[list[ServicePort], list[Pr
                 key = (e.addr, sp.protocol, e.port)
                 if e.kind in pass_kinds and owner.setdefault(key, sp.name) != sp.name:
                     problems.append(
-                        Problem("", str(sp.name), e.kind.value, f"{e.addr} {sp.protocol} "
-                                f"port {e.port} already belongs to {owner[key]}; ignored")
+                        Problem(
+                            "",
+                            str(sp.name),
+                            e.kind.value,
+                            f"{e.addr} {sp.protocol} "
+                            f"port {e.port} already belongs to {owner[key]}; ignored",
+                        )
                     )
     kept = [
         dataclasses.replace(
-            sp, entries=tuple(e for e in sp.entries if owner[(e.addr, sp.protocol, e.port)] == sp.name)
+            sp,
+            entries=tuple(e for e in sp.entries if owner[(e.addr, sp.protocol, e.port)] == sp.name),
         )
         for sp in ports
     ]
@@ -279,7 +289,15 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
                 services[(obj.namespace, obj.name)] = obj
             else:
                 ignored.add((obj.namespace, obj.name))
-                problems.append(Problem(source, f"Service {obj.namespace}/{obj.name}", "", f"ignored: {reason}", note=True))
+                problems.append(
+                    Problem(
+                        source,
+                        f"Service {obj.namespace}/{obj.name}",
+                        "",
+                        f"ignored: {reason}",
+                        note=True,
+                    )
+                )
         elif isinstance(obj, EndpointSlice):
             slices[(obj.namespace, obj.service)].append(obj)
         else:
@@ -287,8 +305,12 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
     for (ns, name), owned in sorted(slices.items()):
         if (ns, name) not in services and (ns, name) not in ignored:
             problems += [
-                Problem("", f"EndpointSlice {ns}/{sl.name}", "metadata.labels",
-                        f"names unknown Service {ns}/{name}; not used")
+                Problem(
+                    "",
+                    f"EndpointSlice {ns}/{sl.name}",
+                    "metadata.labels",
+                    f"names unknown Service {ns}/{name}; not used",
+                )
                 for sl in owned
             ]
     families = []

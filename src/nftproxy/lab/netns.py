@@ -51,7 +51,7 @@ def ip(*args: str) -> None:
 def in_ns(ns: str, *cmd: str, stdin: str | None = None) -> str:
     """Run a command inside a namespace and return its output."""
     done = subprocess.run(
-        ["ip", "netns", "exec", ns, *cmd], input=stdin, capture_output=True, text=True
+        ["ip", "netns", "exec", ns, *cmd], input=stdin, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} in {ns} failed: {done.stderr.strip()}")
@@ -127,8 +127,20 @@ class Lab:
     def _veth(self, ns: str) -> str:
         """A veth from the node to ns (eth0 there), with the link addresses on the node side."""
         name = f"v{next(self._veths)}"
-        ip("-n", self.node, "link", "add", name, "type", "veth", "peer", "name", "eth0",
-           "netns", ns)
+        ip(
+            "-n",
+            self.node,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        )
         for addr in (LINK4, LINK6):
             ip("-n", self.node, "addr", "add", *_addr_args(addr), "dev", name)
         ip("-n", self.node, "link", "set", name, "up")
@@ -159,9 +171,20 @@ class Lab:
         started = []
         for ns in [self.node, *self.hosts.values()]:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "nftproxy.lab.responder",
-                 ns, str(self.sctp_log), *map(str, sorted(set(ports)))],
-                stdout=subprocess.PIPE, text=True,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    sys.executable,
+                    "-m",
+                    "nftproxy.lab.responder",
+                    ns,
+                    str(self.sctp_log),
+                    *map(str, sorted(set(ports))),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
             )
             self.procs.append(proc)
             started.append(proc)
@@ -188,7 +211,9 @@ class Lab:
 
 def list_lab_namespaces() -> Iterator[str]:
     """Namespaces this process's labs created and did not remove (for leak checks)."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
     mine = f"np{os.getpid()}-"
     for line in out.splitlines():
         if line.startswith(mine):

@@ -59,8 +59,9 @@ def _classify(err: OSError) -> str:
     raise err
 
 
-def connect(ns: str, dst: str, port: int, proto: str, *, src: str | None = None,
-            timeout: float = 1.0) -> Outcome:
+def connect(
+    ns: str, dst: str, port: int, proto: str, *, src: str | None = None, timeout: float = 1.0
+) -> Outcome:
     """One TCP connection or UDP exchange from ns to dst:port."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with _socket(ns, dst, kind) as s:

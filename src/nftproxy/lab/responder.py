@@ -46,10 +46,10 @@ def _listeners(port_list: list[int]) -> list[tuple[socket.socket, str, int]]:
 
 
 def _udp_reply(sock: socket.socket, name: str, port: int) -> None:
-    data, anc, _, peer = sock.recvmsg(2048, 256)
+    _data, anc, _, peer = sock.recvmsg(2048, 256)
     for level, kind, raw in anc:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-            ifindex, _spec, dst = struct.unpack("i4s4s", raw[:12])
+            _ifindex, _spec, dst = struct.unpack("i4s4s", raw[:12])
             local = socket.inet_ntop(socket.AF_INET, dst)
             info = struct.pack("i4s4s", 0, dst, b"\0" * 4)
             sock.sendmsg([_answer(name, local, port, peer[0])], [(level, kind, info)], 0, peer)

@@ -90,8 +90,12 @@ def load_scenario(path: Path) -> Scenario:
     load_objects(iter(doc.get("objects") or []), str(path), objects)
     cases = [
         Case(
-            name=c["name"], src=str(c["from"]), dst=str(c["to"]), port=int(c["port"]),
-            proto=c["proto"], masq=bool(c.get("masq")),
+            name=c["name"],
+            src=str(c["from"]),
+            dst=str(c["to"]),
+            port=int(c["port"]),
+            proto=c["proto"],
+            masq=bool(c.get("masq")),
             expect=c["expect"] if isinstance(c["expect"], str) else tuple(c["expect"]),
         )
         for c in doc.get("cases") or []

@@ -20,10 +20,10 @@ from nftproxy.nft.model import (
     Family,
     Field,
     Key,
-    Masquerade,
-    Match,
     MarkSet,
     MarkTest,
+    Masquerade,
+    Match,
     Numgen,
     Reject,
     Rule,
@@ -46,7 +46,11 @@ _FIELDS = {
     Field.FIB_SADDR_TYPE: "fib saddr type",
 }
 
-_TYPES = {DataType.PROTO: "inet_proto", DataType.SERVICE: "inet_service", DataType.VERDICT: "verdict"}
+_TYPES = {
+    DataType.PROTO: "inet_proto",
+    DataType.SERVICE: "inet_service",
+    DataType.VERDICT: "verdict",
+}
 
 # The expression whose type a ``typeof`` declaration borrows, per key component.
 _TYPEOF: dict[DataType, Expr] = {
