@@ -1,0 +1,83 @@
+"""Small builders of API objects for the unit tests."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from nftproxy.config import NodeConfig
+from nftproxy.manifests import Loaded, load_objects
+from nftproxy.state import ProxyState, compute_state
+
+NODE = NodeConfig(
+    name="node-a",
+    ips=(
+        ipaddress.ip_address("192.168.0.2"),
+        ipaddress.ip_address("192.168.1.2"),
+        ipaddress.ip_address("2001:db8::2"),
+    ),
+    cluster_cidrs=(ipaddress.ip_network("10.0.0.0/8"),),
+    service_cidrs=(ipaddress.ip_network("172.30.0.0/16"),),
+)
+
+
+def service(name: str = "svc", ns: str = "ns", **spec: Any) -> dict[str, Any]:
+    """A Service manifest; spec keys override a one-port ClusterIP default."""
+    status = spec.pop("status", None)
+    labels = spec.pop("labels", None)
+    body: dict[str, Any] = {
+        "type": "ClusterIP",
+        "clusterIP": "172.30.0.10",
+        "ports": [{"name": "p", "port": 80, "protocol": "TCP"}],
+    }
+    body.update(spec)
+    doc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": body,
+    }
+    if labels:
+        doc["metadata"]["labels"] = labels
+    if status:
+        doc["status"] = status
+    return doc
+
+
+def endpoint(addr: str, node: str | None = None, **conditions: bool) -> dict[str, Any]:
+    """One slice endpoint (conditions default to ready)."""
+    ep: dict[str, Any] = {"addresses": [addr], "conditions": conditions or {"ready": True}}
+    if node:
+        ep["nodeName"] = node
+    return ep
+
+
+def slice_(
+    service_name: str = "svc",
+    *endpoints: dict[str, Any],
+    ns: str = "ns",
+    ports: list[dict[str, Any]] | None = None,
+    family: str = "IPv4",
+    name: str | None = None,
+) -> dict[str, Any]:
+    """An EndpointSlice for a Service."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name or f"{service_name}-1",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": family,
+        "endpoints": list(endpoints),
+        "ports": ports if ports is not None else [{"name": "p", "port": 8080, "protocol": "TCP"}],
+    }
+
+
+def state_of(*docs: dict[str, Any], node: NodeConfig = NODE) -> ProxyState:
+    """Parse docs and compute the proxy state."""
+    loaded = Loaded()
+    load_objects(iter(docs), "test", loaded)
+    assert not [p for p in loaded.problems if not p.note], loaded.problems
+    return compute_state(loaded.objects, node)

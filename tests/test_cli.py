@@ -1,0 +1,118 @@
+"""The nftproxy command: render, its flags, its exit status and what it reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import endpoint, service, slice_
+
+from nftproxy.cli import main
+from nftproxy.lab.netns import Lab, in_ns
+
+NODE_FLAGS = [
+    "--hostname-override",
+    "node-a",
+    "--node-ip",
+    "192.168.0.2",
+    "--cluster-cidr",
+    "10.0.0.0/8",
+    "--service-cidr",
+    "172.30.0.0/16",
+]
+
+
+def _manifest(tmp_path: Path, *docs: dict[str, object]) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text("\n---\n".join(json.dumps(d) for d in docs))
+    return path
+
+
+def _render(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["render", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class TestRender:
+    def test_prints_a_loadable_script(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = _manifest(tmp_path, service(), slice_("svc", endpoint("10.1.0.1")))
+        code, out, _ = _render(capsys, "-f", str(path), *NODE_FLAGS)
+        assert code == 0
+        assert out.startswith("add table ip nftproxy\ndelete table ip nftproxy\n")
+        assert "172.30.0.10 . tcp . 80" in out and "10.1.0.1 . 8080" in out
+
+    def test_bad_object_is_reported_and_skipped(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = _manifest(tmp_path, service("bad", clusterIP="1.2.3"), service("good"))
+        code, out, err = _render(capsys, "-f", str(path), *NODE_FLAGS)
+        assert code == 0
+        assert "172.30.0.10" in out
+        assert str(path) in err and "Service ns/bad" in err and "spec.clusterIPs[0]" in err
+
+    def test_strict_fails_on_a_bad_object(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = _manifest(tmp_path, service("bad", clusterIP="1.2.3"), service("good"))
+        code, out, _ = _render(capsys, "--strict", "-f", str(path), *NODE_FLAGS)
+        assert code == 1 and "172.30.0.10" in out
+
+    def test_nothing_usable_fails(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(": : :\n")
+        code, out, err = _render(capsys, "-f", str(bad), *NODE_FLAGS)
+        assert code == 1 and out == "" and "nothing usable" in err
+
+    def test_config_file_and_flags_that_win(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        cfg = tmp_path / "kp.yaml"
+        cfg.write_text(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+            "hostnameOverride: node-b\nclusterCIDR: 10.0.0.0/8\nmasqueradeAll: true\n"
+            "nodePortAddresses: [192.168.1.0/24]\n"
+        )
+        path = _manifest(
+            tmp_path,
+            service(type="NodePort", ports=[{"name": "p", "port": 80, "nodePort": 30001}]),
+            slice_("svc", endpoint("10.1.0.1", node="node-b")),
+        )
+        ips = ["--node-ip", "192.168.0.2", "--node-ip", "192.168.1.2"]
+        code, out, _ = _render(capsys, "-f", str(path), "--config", str(cfg), *ips)
+        assert code == 0
+        assert "192.168.1.2 . tcp . 30001" in out and "192.168.0.2 . tcp . 30001" not in out
+        assert (
+            "chain clusterip/pick-1 {" in out
+            and "\t\tjump mark-for-masquerade\n\t\tgoto pick-1" in out
+        )
+        code, out, _ = _render(
+            capsys, "-f", str(path), "--config", str(cfg), *ips, "--nodeport-addresses", "primary"
+        )
+        assert "192.168.0.2 . tcp . 30001" in out
+
+    def test_bad_flag_value(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        path = _manifest(tmp_path, service())
+        code = main(["render", "-f", str(path), *NODE_FLAGS, "--nodeport-addresses", "10.0.0/33"])
+        assert code == 2
+        assert "10.0.0/33" in capsys.readouterr().err
+
+
+@pytest.mark.kernel
+def test_rendered_script_loads_over_an_older_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Render, load, change the objects, render and load again: only the new state is left."""
+    old = _manifest(tmp_path, service(), slice_("svc", endpoint("10.1.0.1")))
+    _, first, _ = _render(capsys, "-f", str(old), *NODE_FLAGS)
+    new = _manifest(tmp_path, service(clusterIP="172.30.0.99"), slice_("svc", endpoint("10.1.0.2")))
+    _, second, _ = _render(capsys, "-f", str(new), *NODE_FLAGS)
+    with Lab("cli") as lab:
+        lab.load(first)
+        lab.load(second)
+        listed = in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
+        assert "172.30.0.99" in listed and "10.1.0.2" in listed
+        assert "172.30.0.10" not in listed and "10.1.0.1 " not in listed

@@ -1,0 +1,75 @@
+"""The renderer: the one place that writes nft syntax."""
+
+from __future__ import annotations
+
+from nftproxy.nft.model import (
+    Chain,
+    DataType,
+    Dnat,
+    Element,
+    Family,
+    Field,
+    Match,
+    Numgen,
+    Op,
+    Rule,
+    Ruleset,
+    Set,
+    SetRef,
+    Table,
+    Verdict,
+    VerdictKind,
+)
+from nftproxy.nft.render import ordered_chains, render_rule, render_script, render_table
+
+
+def test_rule_terms() -> None:
+    rule = Rule(
+        (
+            Match((Field.SADDR,), SetRef("pod-cidrs"), Op.NE),
+            Verdict(VerdictKind.JUMP, "mark-for-masquerade"),
+        )
+    )
+    assert render_rule(rule, Family.IP) == "ip saddr != @pod-cidrs jump mark-for-masquerade"
+    assert render_rule(rule, Family.IP6) == "ip6 saddr != @pod-cidrs jump mark-for-masquerade"
+
+
+def test_ipv6_dnat_target_is_bracketed() -> None:
+    assert render_rule(Rule((Dnat("fd00::1", 80),)), Family.IP6) == "dnat to [fd00::1]:80"
+
+
+def test_numgen_match() -> None:
+    assert render_rule(Rule((Match((Numgen(3),), "0"),)), Family.IP) == "numgen random mod 3 0"
+
+
+def test_map_with_index_uses_typeof_and_comments_precede_values() -> None:
+    s = Set(
+        "backends",
+        (DataType.ADDR, DataType.PROTO, DataType.SERVICE, DataType.INDEX),
+        (DataType.ADDR, DataType.SERVICE),
+        elements=(Element(("10.0.0.1", "tcp", "80", "0"), ("10.1.0.1", "8080"), "ns/a"),),
+    )
+    text = render_table(Table(Family.IP, "t", sets=(s,)))
+    assert (
+        "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport"
+        in text
+    )
+    assert '10.0.0.1 . tcp . 80 . 0 comment "ns/a" : 10.1.0.1 . 8080' in text
+
+
+def test_jump_targets_come_first() -> None:
+    a = Chain("a", (Rule((Verdict(VerdictKind.GOTO, "b"),)),))
+    b = Chain("b", (Rule((Verdict(VerdictKind.GOTO, "c"),)),))
+    c = Chain("c")
+    assert [x.name for x in ordered_chains([a, b, c])] == ["c", "b", "a"]
+
+
+def test_script_replaces_present_and_removes_absent_tables() -> None:
+    script = render_script(Ruleset((Table(Family.IP, "nftproxy"),), (Family.IP6,)), "nftproxy")
+    assert script.splitlines()[:4] == [
+        "add table ip nftproxy",
+        "delete table ip nftproxy",
+        "add table ip6 nftproxy",
+        "delete table ip6 nftproxy",
+    ]
+    assert "table ip nftproxy {" in script and "table ip6 nftproxy {" not in script

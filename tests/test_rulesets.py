@@ -1,0 +1,52 @@
+"""Golden rulesets: what each kind of Service becomes, checked against renderer and kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from nftproxy.lab.netns import Lab, in_ns
+
+
+def _regen() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "regen_rulesets.py"
+    spec = importlib.util.spec_from_file_location("regen_rulesets", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REGEN = _regen()
+EXAMPLES = REGEN.examples()
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize("folder", EXAMPLES, ids=lambda p: p.name)
+def test_golden_matches_renderer(folder: Path) -> None:
+    """rulesets/<example>/ruleset.nft is what the renderer prints (regenerate with
+    ``python scripts/regen_rulesets.py`` after an intended change)."""
+    assert (folder / "ruleset.nft").read_text() == REGEN.render_example(folder)
+
+
+@pytest.mark.kernel
+def test_goldens_load_twice_and_over_each_other() -> None:
+    """Each golden loads into a kernel, again over itself, and over every other one."""
+    with Lab("golden") as lab:
+        previous = None
+        for folder in EXAMPLES:
+            script = (folder / "ruleset.nft").read_text()
+            lab.load(script)
+            lab.load(script)
+            listed = in_ns(lab.node, "nft", "list", "tables")
+            assert "table ip nftproxy" in listed, folder
+            if previous is not None:
+                lab.load(previous)
+                lab.load(script)
+            previous = script
