@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import pytest
@@ -161,8 +160,8 @@ class TestPod:
             (8080, 80, Protocol.TCP),
             (53, 53, Protocol.UDP),
         ]
-        assert pod.host_ports[1].host_ip == ipaddress.ip_address("10.1.1.1")
-        assert pod.pod_ips == (ipaddress.ip_address("10.0.0.5"),)
+        assert pod.host_ports[1].host_ip == "10.1.1.1"
+        assert pod.pod_ips == ("10.0.0.5",)
 
 
 def test_other_kinds_are_refused() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 
 from helpers import NODE, endpoint, service, slice_, state_of
 
@@ -186,5 +185,5 @@ class TestEntries:
 
 def test_family_node_settings() -> None:
     v6 = NODE.family(Family.IP6)
-    assert v6.primary == ipaddress.ip_address("2001:db8::2")
-    assert v6.pod_cidrs == () and v6.nodeport_ips == (ipaddress.ip_address("2001:db8::2"),)
+    assert v6.primary == "2001:db8::2"
+    assert v6.pod_cidrs == () and v6.nodeport_ips == ("2001:db8::2",)

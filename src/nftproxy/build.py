@@ -171,7 +171,8 @@ class _TableBuilder:
 
     def chain(self, name: str, *rules: tuple[Term, ...], comment: str | None = None) -> str:
         name = fit(name)
-        self.chains.setdefault(name, Chain(name, tuple(Rule(r) for r in rules), comment=comment))
+        if name not in self.chains:
+            self.chains[name] = Chain(name, tuple(Rule(r) for r in rules), comment=comment)
         return name
 
     # -- endpoint selection -------------------------------------------------
@@ -191,9 +192,12 @@ class _TableBuilder:
         for i, ep in enumerate(group):
             self.element(backends, (*key, str(i)), (str(ep.addr), str(ep.port)))
         prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
+        name = f"{prefix}-{len(group)}"
+        if name in self.chains:
+            return name
         # nft accepts a port in a DNAT target only after a protocol match.
         return self.chain(
-            f"{prefix}-{len(group)}",
+            name,
             (
                 Match((Field.L4PROTO,), ALL_PROTOCOLS),
                 DnatMap((*TUPLE, Numgen(len(group))), backends),
@@ -242,6 +246,8 @@ class _TableBuilder:
         return ()
 
     def clusterip_class(self, sel: str) -> str:
+        if f"clusterip/{sel}" in self.chains:
+            return f"clusterip/{sel}"
         masq = self.masquerade_cluster_traffic()
         return self.chain(
             f"clusterip/{sel}",

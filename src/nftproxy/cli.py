@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,9 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the nft script the proxy would apply for the given manifests."""
+    # A one-shot run over up to millions of small objects: the cyclic garbage
+    # collector would only rescan them (a third of the run time at 10,000 Services).
+    gc.disable()
     node = node_config(args)
     loaded = load_paths(args.paths)
     state = compute_state(loaded.objects, node)

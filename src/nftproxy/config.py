@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from nftproxy.nft.model import Family
-from nftproxy.objects import IPAddress, IPNetwork
+from nftproxy.objects import Addr, IPAddress, IPNetwork, is_loopback
 
 DEFAULT_MASQUERADE_BIT = 14
 PRIMARY = "primary"
@@ -42,7 +42,7 @@ class NodeConfig:
     def family(self, family: Family) -> FamilyNode:
         """The settings that apply to one IP family."""
         version = 4 if family == Family.IP else 6
-        ips = tuple(ip for ip in self.ips if ip.version == version)
+        ips = tuple(Addr(str(ip)) for ip in self.ips if ip.version == version)
         return FamilyNode(
             family=family,
             ips=ips,
@@ -60,18 +60,18 @@ class FamilyNode:
     """The node settings of one family, as the rule builder uses them."""
 
     family: Family
-    ips: tuple[IPAddress, ...]
-    primary: IPAddress | None
-    nodeport_ips: tuple[IPAddress, ...]
+    ips: tuple[Addr, ...]
+    primary: Addr | None
+    nodeport_ips: tuple[Addr, ...]
     pod_cidrs: tuple[IPNetwork, ...]
     service_cidrs: tuple[IPNetwork, ...]
     masquerade_all: bool
     masquerade_mark: int = field(default=1 << DEFAULT_MASQUERADE_BIT)
 
 
-def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
-    usable = [ip for ip in ips if not ip.is_loopback]
-    chosen: list[IPAddress] = []
+def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[Addr, ...]) -> tuple[Addr, ...]:
+    usable = [ip for ip in ips if not is_loopback(ip)]
+    chosen: list[Addr] = []
     for sel in selectors or (PRIMARY,):
         if sel == PRIMARY:
             chosen.extend(usable[:1])
@@ -79,7 +79,7 @@ def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[IPAddress, ...]) -> tup
             chosen.extend(usable)
         else:
             net = ipaddress.ip_network(sel, strict=False)
-            chosen.extend(ip for ip in usable if ip.version == net.version and ip in net)
+            chosen.extend(ip for ip in usable if ipaddress.ip_address(ip) in net)
     return tuple(dict.fromkeys(chosen))
 
 

@@ -57,8 +57,8 @@ def load_objects(docs: Iterator[Any], source: str, into: Loaded) -> None:
             if not isinstance(item, Mapping):
                 into.problems.append(Problem(source, "", "", "not a Kubernetes object"))
                 continue
-            label = object_label(item)
             if item.get("kind") not in KINDS:
+                label = object_label(item)
                 into.problems.append(
                     Problem(source, label, "kind", f"ignored: kind {item.get('kind')!r}", note=True)
                 )
@@ -66,7 +66,7 @@ def load_objects(docs: Iterator[Any], source: str, into: Loaded) -> None:
             try:
                 obj = parse_object(item)
             except InvalidObjectError as err:
-                into.problems.append(Problem(source, label, err.field, err.message))
+                into.problems.append(Problem(source, object_label(item), err.field, err.message))
                 continue
             if obj is not None:
                 into.objects.append((source, obj))

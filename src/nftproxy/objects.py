@@ -8,16 +8,50 @@ endpoints to use) is not decided here but in :mod:`nftproxy.state`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple, NewType
 
 from nftproxy.problems import InvalidObjectError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Addr = NewType("Addr", str)
+"""An IPv4 or IPv6 address in canonical text form (as nft prints it).
+
+Addresses are kept as text: a cluster has hundreds of thousands of them, and
+``ipaddress`` objects cost far more to make, hash and print."""
+
+
+def parse_addr(text: str) -> Addr:
+    """The canonical text of an address; ValueError if it is not one."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return Addr(socket.inet_ntop(family, socket.inet_pton(family, text.strip())))
+    except OSError:
+        raise ValueError(f"invalid IP address {text!r}") from None
+
+
+def addr_version(addr: Addr) -> int:
+    """4 or 6."""
+    return 6 if ":" in addr else 4
+
+
+def addr_key(addr: Addr) -> bytes:
+    """A sort key that orders addresses numerically, IPv4 first."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    packed = socket.inet_pton(family, addr)
+    return bytes([len(packed)]) + packed
+
+
+def is_loopback(addr: Addr) -> bool:
+    """127.0.0.0/8 or ::1."""
+    return addr.startswith("127.") or addr == "::1"
+
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
@@ -50,10 +84,10 @@ class Service:
     namespace: str
     name: str
     type: str
-    cluster_ips: tuple[IPAddress, ...]
+    cluster_ips: tuple[Addr, ...]
     headless: bool
-    external_ips: tuple[IPAddress, ...]
-    load_balancer_ips: tuple[IPAddress, ...]
+    external_ips: tuple[Addr, ...]
+    load_balancer_ips: tuple[Addr, ...]
     ports: tuple[ServicePortSpec, ...]
     affinity_timeout: int | None
     external_local: bool
@@ -72,11 +106,10 @@ class SlicePort:
     port: int
 
 
-@dataclass(frozen=True)
-class SliceEndpoint:
+class SliceEndpoint(NamedTuple):
     """One address of an EndpointSlice endpoint, with its conditions."""
 
-    addr: IPAddress
+    addr: Addr
     ready: bool
     serving: bool
     terminating: bool
@@ -101,7 +134,7 @@ class HostPort:
     host_port: int
     container_port: int
     protocol: Protocol
-    host_ip: IPAddress | None
+    host_ip: Addr | None
 
 
 @dataclass(frozen=True)
@@ -112,7 +145,7 @@ class Pod:
     name: str
     node_name: str | None
     phase: str
-    pod_ips: tuple[IPAddress, ...]
+    pod_ips: tuple[Addr, ...]
     host_ports: tuple[HostPort, ...]
 
 
@@ -128,25 +161,30 @@ def object_label(doc: Mapping[str, Any]) -> str:
     return f"{doc.get('kind', '?')} {ns}/{name}"
 
 
+@functools.cache
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
 def _get(doc: Mapping[str, Any], path: str, kind: type, default: Any = None) -> Any:
     """Read a dotted path; None and missing give default; a wrong type is an error."""
     cur: Any = doc
-    for part in path.split("."):
-        if not isinstance(cur, Mapping):
+    for part in _parts(path):
+        if type(cur) is not dict:
             raise InvalidObjectError(path, "expected an object")
         cur = cur.get(part)
         if cur is None:
             return default
-    if not isinstance(cur, kind) or (kind is int and isinstance(cur, bool)):
+    if type(cur) is not kind and (not isinstance(cur, kind) or isinstance(cur, bool)):
         raise InvalidObjectError(path, f"expected {kind.__name__}, got {type(cur).__name__}")
     return cur
 
 
-def _ip(text: Any, field: str) -> IPAddress:
+def _ip(text: Any, field: str) -> Addr:
     if not isinstance(text, str):
         raise InvalidObjectError(field, "expected an IP address string")
     try:
-        return ipaddress.ip_address(text.strip())
+        return parse_addr(text)
     except ValueError:
         raise InvalidObjectError(field, f"invalid IP address {text!r}") from None
 
@@ -204,14 +242,14 @@ def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
     return tuple(ports)
 
 
-def _cluster_ips(doc: Mapping[str, Any]) -> tuple[tuple[IPAddress, ...], bool]:
+def _cluster_ips(doc: Mapping[str, Any]) -> tuple[tuple[Addr, ...], bool]:
     texts = _list(doc, "spec.clusterIPs") or [_get(doc, "spec.clusterIP", str, "")]
     if any(t in ("None", "") for t in texts):
         return (), texts == ["None"] or "None" in texts
     return tuple(_ip(t, f"spec.clusterIPs[{i}]") for i, t in enumerate(texts)), False
 
 
-def _lb_ips(doc: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+def _lb_ips(doc: Mapping[str, Any]) -> tuple[Addr, ...]:
     ips = []
     for i, ing in enumerate(_list(doc, "status.loadBalancer.ingress")):
         if not isinstance(ing, Mapping) or not ing.get("ip"):
@@ -281,7 +319,7 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
     out = []
     for j, text in enumerate(ep.get("addresses") or []):
         addr = _ip(text, f"{field}.addresses[{j}]")
-        if addr.version != family:
+        if addr_version(addr) != family:
             raise InvalidObjectError(f"{field}.addresses[{j}]", f"not an IPv{family} address")
         out.append(
             SliceEndpoint(

@@ -16,12 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from nftproxy.config import FamilyNode, NodeConfig
 from nftproxy.nft.model import Family
 from nftproxy.objects import (
+    Addr,
     EndpointSlice,
-    IPAddress,
     IPNetwork,
     KubeObject,
     Pod,
@@ -29,6 +30,9 @@ from nftproxy.objects import (
     Service,
     ServicePortSpec,
     SliceEndpoint,
+    addr_key,
+    addr_version,
+    is_loopback,
 )
 from nftproxy.problems import Problem
 
@@ -46,11 +50,10 @@ class EntryKind(StrEnum):
     HOST_PORT = "hostPort"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One address and port on which a Service port accepts traffic."""
 
-    addr: IPAddress
+    addr: Addr
     port: int
     kind: EntryKind
 
@@ -60,11 +63,10 @@ class Entry:
         return self.kind != EntryKind.CLUSTER_IP
 
 
-@dataclass(frozen=True, order=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """One usable backend: address, port, and whether it runs on this node."""
 
-    addr: IPAddress
+    addr: Addr
     port: int
     local: bool
 
@@ -146,10 +148,10 @@ def _usable(
 ) -> tuple[Endpoint, ...]:
     """Ready endpoints, else the serving terminating ones (kube-proxy's fallback)."""
     endpoints = tuple(endpoints)
-    ready = sorted(e for e in endpoints if eps[e].ready)
-    if ready:
-        return tuple(ready)
-    return tuple(sorted(e for e in endpoints if eps[e].serving and eps[e].terminating))
+    ready = [e for e in endpoints if eps[e].ready]
+    if not ready:
+        ready = [e for e in endpoints if eps[e].serving and eps[e].terminating]
+    return tuple(sorted(ready, key=lambda e: (addr_key(e.addr), e.port)))
 
 
 def _port_endpoints(
@@ -161,7 +163,7 @@ def _port_endpoints(
         ports = [p.port for p in sl.ports if p.name == spec.name and p.protocol == spec.protocol]
         for port in ports:
             for ep in sl.endpoints:
-                if ep.addr.version != version:
+                if addr_version(ep.addr) != version:
                     continue
                 key = Endpoint(ep.addr, port, ep.node_name == node_name)
                 if key not in found or ep.ready:
@@ -173,13 +175,13 @@ def _entries(
     svc: Service, spec: ServicePortSpec, node: FamilyNode, version: int
 ) -> Iterator[Entry]:
     for ip in svc.cluster_ips:
-        if ip.version == version:
+        if addr_version(ip) == version:
             yield Entry(ip, spec.port, EntryKind.CLUSTER_IP)
     for ip in svc.external_ips:
-        if ip.version == version:
+        if addr_version(ip) == version:
             yield Entry(ip, spec.port, EntryKind.EXTERNAL_IP)
     for ip in svc.load_balancer_ips:
-        if ip.version == version:
+        if addr_version(ip) == version:
             yield Entry(ip, spec.port, EntryKind.LOAD_BALANCER)
     if spec.node_port and svc.type in ("NodePort", "LoadBalancer"):
         for ip in node.nodeport_ips:
@@ -188,12 +190,13 @@ def _entries(
 
 def _source_ranges(svc: Service, node: FamilyNode, version: int) -> tuple[IPNetwork, ...]:
     ranges = [r for r in svc.source_ranges if r.version == version]
-    lb_ips = [ip for ip in svc.load_balancer_ips if ip.version == version]
+    lb_ips = [ip for ip in svc.load_balancer_ips if addr_version(ip) == version]
     if not ranges or not lb_ips:
         return ()
     # A node reaching a VIP-style load balancer IP that is local to it loops back
     # with the LB IP as source: allow that when the ranges admit the node (upstream).
-    if node.primary is not None and any(node.primary in r for r in ranges):
+    primary = ipaddress.ip_address(node.primary) if node.primary else None
+    if primary is not None and any(primary in r for r in ranges):
         ranges.extend(ipaddress.ip_network(ip) for ip in lb_ips)
     return tuple(ranges)
 
@@ -202,7 +205,7 @@ def _service_ports(
     svc: Service, slices: list[EndpointSlice], node: FamilyNode, node_name: str
 ) -> Iterator[ServicePort]:
     version = 4 if node.family == Family.IP else 6
-    if not any(ip.version == version for ip in svc.cluster_ips):
+    if not any(addr_version(ip) == version for ip in svc.cluster_ips):
         return
     for spec in svc.ports:
         eps = _port_endpoints(slices, spec, version, node_name)
@@ -224,18 +227,20 @@ def _host_ports(pod: Pod, node: FamilyNode, node_name: str) -> Iterator[ServiceP
     version = 4 if node.family == Family.IP else 6
     if pod.node_name != node_name or pod.phase != "Running":
         return
-    pod_ip = next((ip for ip in pod.pod_ips if ip.version == version), None)
+    pod_ip = next((ip for ip in pod.pod_ips if addr_version(ip) == version), None)
     if pod_ip is None:
         return
     for hp in pod.host_ports:
-        if hp.host_ip is not None and hp.host_ip.version != version:
+        if hp.host_ip is not None and addr_version(hp.host_ip) != version:
             continue
-        addrs = [hp.host_ip] if hp.host_ip and not hp.host_ip.is_unspecified else node.ips
+        addrs = [hp.host_ip] if hp.host_ip not in (None, "0.0.0.0", "::") else node.ips
         endpoint = Endpoint(pod_ip, hp.container_port, local=True)
         yield ServicePort(
             name=ServicePortName(pod.namespace, pod.name, hp.protocol, f"hostport-{hp.host_port}"),
             entries=tuple(
-                Entry(a, hp.host_port, EntryKind.HOST_PORT) for a in addrs if not a.is_loopback
+                Entry(a, hp.host_port, EntryKind.HOST_PORT)
+                for a in addrs
+                if a and not is_loopback(a)
             ),
             cluster_endpoints=(endpoint,),
             local_endpoints=(endpoint,),
@@ -248,7 +253,7 @@ def _claim_entries(ports: list[ServicePort]) -> tuple[list[ServicePort], list[Pr
     Service addresses win over NodePorts and hostPorts, as in kube-proxy, where
     the service-IP lookup comes before the NodePort lookup.
     """
-    owner: dict[tuple[IPAddress, Protocol, int], ServicePortName] = {}
+    owner: dict[tuple[Addr, Protocol, int], ServicePortName] = {}
     problems: list[Problem] = []
     late = (EntryKind.NODE_PORT, EntryKind.HOST_PORT)
     for pass_kinds in ([k for k in EntryKind if k not in late], list(late)):
@@ -265,6 +270,8 @@ def _claim_entries(ports: list[ServicePort]) -> tuple[list[ServicePort], list[Pr
                             f"port {e.port} already belongs to {owner[key]}; ignored",
                         )
                     )
+    if not problems:
+        return ports, problems
     kept = [
         dataclasses.replace(
             sp,

@@ -92,7 +92,7 @@ def serve(name: str, log: str, port_list: list[int]) -> None:
                 _udp_reply(sock, name, port)
                 continue
             conn, peer = sock.accept()
-            with conn:
+            with conn, contextlib.suppress(OSError):  # a client may reset first
                 local = conn.getsockname()[0]
                 conn.sendall(_answer(name, local, port, peer[0]))
 

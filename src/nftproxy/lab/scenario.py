@@ -142,7 +142,7 @@ class Runner:
                 addrs.add(ipaddress.ip_address(c.dst))
         for _, obj in self.s.objects.objects:
             if isinstance(obj, EndpointSlice):
-                addrs.update(ep.addr for ep in obj.endpoints)
+                addrs.update(ipaddress.ip_address(ep.addr) for ep in obj.endpoints)
         return addrs - self.node_ips
 
     def ports(self) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from typing import NamedTuple
 
 
 class Family(StrEnum):
@@ -214,9 +215,12 @@ Value = tuple[str, ...]
 """A map element's value: address and port, or one verdict word list."""
 
 
-@dataclass(frozen=True)
-class Element:
-    """One set element (``value`` None) or map element."""
+class Element(NamedTuple):
+    """One set element (``value`` None) or map element.
+
+    A NamedTuple rather than a dataclass: a large cluster has hundreds of
+    thousands of elements, and tuples are several times cheaper to make.
+    """
 
     key: tuple[str, ...]
     value: Value | None = None
