@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import HERE, ScenarioLabs
 
+from nftproxy.demo import builtin_scenario
 from nftproxy.lab.scenario import load_scenario
 
-FILES = sorted((HERE / "conformance").glob("*.yaml")) + sorted((HERE / "scenarios").glob("*.yaml"))
+FILES = [
+    *sorted((HERE / "conformance").glob("*.yaml")),
+    *sorted((HERE / "scenarios").glob("*.yaml")),
+    builtin_scenario(),  # what `nftproxy demo` shows must hold too
+]
 CASES = [
     pytest.param(path, i, id=f"{path.parent.name}/{path.stem}[{i}]:{case.name}")
     for path in FILES

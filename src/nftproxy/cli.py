@@ -128,6 +128,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 1 if args.strict and any(not p.note for p in problems) else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a scenario through the real kernel (needs root)."""
+    from nftproxy.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
+
+    return run_demo(args.scenario, show_ruleset=args.show_ruleset)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     top = argparse.ArgumentParser(prog="nftproxy", description=__doc__)
@@ -136,6 +143,17 @@ def parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print the nft ruleset for manifests (dry run)")
     add_node_flags(render)
     render.set_defaults(func=cmd_render)
+    demo = sub.add_parser(
+        "demo", help="load a scenario into a throw-away network namespace and probe it"
+    )
+    demo.add_argument(
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="scenario file (format of tests/conformance); default: the built-in one",
+    )
+    demo.add_argument("--show-ruleset", action="store_true", help="print the rendered ruleset too")
+    demo.set_defaults(func=cmd_demo)
     return top
 
 

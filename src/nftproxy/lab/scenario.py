@@ -24,7 +24,7 @@ from nftproxy.config import NodeConfig, parse_cidrs
 from nftproxy.lab.netns import LINK4, LINK6, Lab
 from nftproxy.lab.probe import REJECT, Outcome, Reached, connect, send_sctp_init, wait_for_line
 from nftproxy.manifests import Loaded, load_objects
-from nftproxy.nft.render import render_script
+from nftproxy.nft.render import format_addr_port, render_script
 from nftproxy.objects import EndpointSlice, IPAddress
 from nftproxy.state import compute_state
 
@@ -189,11 +189,14 @@ class Runner:
         return Reached(responder, local, int(port), peer)
 
     def describe(self, outcome: Outcome) -> str:
-        """``ADDR:PORT from PEER`` for a reached responder, else the verdict."""
+        """``ADDR:PORT from PEER`` (or ``masqueraded``) for a reached responder, else the verdict."""
         if isinstance(outcome, str):
             return outcome
         who = self.lab.owner(outcome.responder)
-        return f"{who}:{outcome.local}:{outcome.port} from {outcome.peer}"
+        at = format_addr_port(outcome.local, outcome.port)
+        where = at if who == outcome.local else f"{who} at {at}"
+        masqueraded = outcome.peer in (str(LINK4), str(LINK6))
+        return f"{where} {'masqueraded' if masqueraded else 'from ' + outcome.peer}"
 
     def run(self, case: Case) -> Result:
         """Send a case's connections and compare with its expectation."""
