@@ -189,7 +189,7 @@ class Runner:
         return Reached(responder, local, int(port), peer)
 
     def describe(self, outcome: Outcome) -> str:
-        """``ADDR:PORT from PEER`` (or ``masqueraded``) if a responder answered, else the verdict."""
+        """``ADDR:PORT from PEER`` (or ``masqueraded``) if reached, else the verdict."""
         if isinstance(outcome, str):
             return outcome
         who = self.lab.owner(outcome.responder)
