@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nftproxy.nft.model import Family
 from nftproxy.objects import Addr, IPAddress, IPNetwork, is_loopback
 
@@ -118,6 +116,8 @@ def load_kube_proxy_config(path: Path) -> dict[str, Any]:
 
     Returns only the keys that were set, under the names of the CLI options.
     """
+    import yaml  # noqa: PLC0415 - only when a config file is given
+
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, Mapping) or doc.get("kind") != "KubeProxyConfiguration":
         raise ConfigError(f"{path}: not a KubeProxyConfiguration")

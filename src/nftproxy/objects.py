@@ -29,9 +29,12 @@ Addresses are kept as text: a cluster has hundreds of thousands of them, and
 
 def parse_addr(text: str) -> Addr:
     """The canonical text of an address; ValueError if it is not one."""
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    text = text.strip()
     try:
-        return Addr(socket.inet_ntop(family, socket.inet_pton(family, text.strip())))
+        if ":" not in text:
+            socket.inet_pton(socket.AF_INET, text)  # refuses leading zeros: valid is canonical
+            return Addr(text)
+        return Addr(socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text)))
     except OSError:
         raise ValueError(f"invalid IP address {text!r}") from None
 
@@ -310,27 +313,24 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
 
 
 def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
-    field = f"endpoints[{i}]"
-    if not isinstance(ep, Mapping):
-        raise InvalidObjectError(field, "expected an object")
+    if type(ep) is not dict:
+        raise InvalidObjectError(f"endpoints[{i}]", "expected an object")
     cond = ep.get("conditions") or {}
-    if not isinstance(cond, Mapping):
-        raise InvalidObjectError(f"{field}.conditions", "expected an object")
+    if type(cond) is not dict:
+        raise InvalidObjectError(f"endpoints[{i}].conditions", "expected an object")
+    # The API reads a nil ready/serving as true and a nil terminating as false.
+    ready = cond.get("ready") is not False
+    serving = cond.get("serving") is not False
+    terminating = cond.get("terminating") is True
+    node_name = ep.get("nodeName")
     out = []
-    for j, text in enumerate(ep.get("addresses") or []):
-        addr = _ip(text, f"{field}.addresses[{j}]")
-        if addr_version(addr) != family:
-            raise InvalidObjectError(f"{field}.addresses[{j}]", f"not an IPv{family} address")
-        out.append(
-            SliceEndpoint(
-                addr=addr,
-                # The API reads a nil ready/serving as true and a nil terminating as false.
-                ready=cond.get("ready") is not False,
-                serving=cond.get("serving") is not False,
-                terminating=cond.get("terminating") is True,
-                node_name=ep.get("nodeName"),
+    for j, text in enumerate(ep.get("addresses") or ()):
+        addr = _ip(text, f"endpoints[{i}].addresses[{j}]")
+        if (":" in addr) != (family == 6):
+            raise InvalidObjectError(
+                f"endpoints[{i}].addresses[{j}]", f"not an IPv{family} address"
             )
-        )
+        out.append(SliceEndpoint(addr, ready, serving, terminating, node_name))
     return out
 
 

@@ -282,6 +282,11 @@ def _claim_entries(ports: list[ServicePort]) -> tuple[list[ServicePort], list[Pr
     return kept, problems
 
 
+def _port_order(sp: ServicePort) -> tuple[str, str, str, str]:
+    n = sp.name  # a plain tuple: comparing the dataclasses is ten times slower
+    return (n.namespace, n.name, n.protocol.value, n.port)
+
+
 def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
     """Decide the desired proxy state for this node from Services, slices and Pods."""
     services: dict[tuple[str, str], Service] = {}
@@ -329,7 +334,7 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
             for sp in _service_ports(services[key], slices.get(key, []), fnode, node.name)
         ]
         ports += [sp for pod in pods for sp in _host_ports(pod, fnode, node.name)]
-        kept, clashes = _claim_entries(sorted(ports, key=lambda sp: sp.name))
+        kept, clashes = _claim_entries(sorted(ports, key=_port_order))
         problems += clashes
         families.append(FamilyState(fnode, tuple(kept)))
     return ProxyState(tuple(families), tuple(problems))
