@@ -47,6 +47,7 @@ from nftproxy.nft.model import (
     VerdictKind,
     VMap,
 )
+from nftproxy.objects import IPNetwork
 from nftproxy.state import Endpoint, Entry, EntryKind, FamilyState, ProxyState, ServicePort
 
 TUPLE: Key = (Field.DADDR, Field.L4PROTO, Field.DPORT)
@@ -144,6 +145,19 @@ def _jump(chain: str) -> Verdict:
 
 
 MARK_MASQ = _jump(names.MARK_FOR_MASQUERADE)
+
+
+def cidr_text(net: IPNetwork) -> str:
+    """A CIDR as nft lists it: a single-address network as the plain address."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def unique(elements: Iterable[Element]) -> tuple[Element, ...]:
+    """The first element of every key, in order."""
+    first: dict[tuple[str, ...], Element] = {}
+    for e in elements:
+        first.setdefault(e.key, e)
+    return tuple(first.values())
 
 
 def fit(name: str) -> str:
@@ -294,7 +308,7 @@ class _TableBuilder:
         if entry.kind == EntryKind.LOAD_BALANCER and sp.source_ranges:
             self.element(names.FIREWALL_IPS, key)
             for net in sp.source_ranges:
-                self.element(names.FIREWALL_ALLOW, (*key, str(net)))
+                self.element(names.FIREWALL_ALLOW, (*key, cidr_text(net)))
 
     def internal_entry(
         self, sp: ServicePort, key: tuple[str, ...]
@@ -365,7 +379,7 @@ class _TableBuilder:
             comment="loadBalancerSourceRanges",
         )
         unallocated = [
-            ((Match((Field.DADDR,), str(c)), Verdict(VerdictKind.DROP)))
+            (Match((Field.DADDR,), cidr_text(c)), Verdict(VerdictKind.DROP))
             for c in self.node.service_cidrs
         ]
         self.chain(
@@ -386,7 +400,7 @@ class _TableBuilder:
         ]
 
     def sets(self) -> list[Set]:
-        self.elements[names.POD_CIDRS] = [Element((str(c),)) for c in self.node.pod_cidrs]
+        self.elements[names.POD_CIDRS] = [Element((cidr_text(c),)) for c in self.node.pod_cidrs]
         fixed = [
             Set(
                 name,
@@ -394,7 +408,8 @@ class _TableBuilder:
                 value,
                 interval=interval,
                 comment=comment,
-                elements=tuple(self.elements.get(name, ())),
+                # Several ports of a Service share a ClusterIP and endpoints: one element each.
+                elements=unique(self.elements.get(name, ())),
             )
             for name, key, value, interval, comment in SETS
         ]

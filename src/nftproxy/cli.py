@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nftproxy import log, names
+from nftproxy import log, names, report
 from nftproxy.build import build
+from nftproxy.cleanup import cleanup
 from nftproxy.config import (
     ConfigError,
     NodeConfig,
@@ -19,9 +21,16 @@ from nftproxy.config import (
     parse_ips,
     parse_nodeport_addresses,
 )
+from nftproxy.conntrack import delete_stale
+from nftproxy.features import missing_features
+from nftproxy.kernel import Libnftables, NftError
 from nftproxy.manifests import load_paths
+from nftproxy.nft.model import Ruleset
 from nftproxy.nft.render import render_script
+from nftproxy.problems import Problem
+from nftproxy.report import differences
 from nftproxy.state import compute_state
+from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +89,13 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_netns_flag(parser: argparse.ArgumentParser) -> None:
+    """Act inside a named network namespace instead of the current one."""
+    parser.add_argument(
+        "--netns", metavar="NAME", help="act in this network namespace (as with ip netns exec)"
+    )
+
+
 def node_config(args: argparse.Namespace) -> NodeConfig:
     """Node settings from flags, then the config file, then the host."""
     cfg: dict[str, Any] = load_kube_proxy_config(args.config) if args.config else {}
@@ -128,6 +144,72 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 1 if args.strict and any(not p.note for p in problems) else 0
 
 
+def _desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
+    """The desired ruleset from manifests, or None when nothing usable was read."""
+    node = node_config(args)
+    loaded = load_paths(args.paths)
+    state = compute_state(loaded.objects, node)
+    problems = [*loaded.problems, *state.problems]
+    log.report(problems)
+    if not loaded.objects and any(not p.note for p in problems):
+        print("nftproxy: nothing usable could be read", file=sys.stderr)
+        return None
+    return build(state), problems
+
+
+def _kernel(args: argparse.Namespace) -> Libnftables:
+    return Libnftables(args.netns)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """One sync: make the kernel hold the ruleset for the manifests."""
+    wanted = _desired(args)
+    if wanted is None:
+        return 1
+    ruleset, problems = wanted
+    kernel = _kernel(args)
+    if args.dry_run:
+        result = sync(kernel, ruleset, dry_run=True)
+        sys.stdout.write(result.script)
+        return 0
+    missing = missing_features(kernel)
+    if missing:
+        for feature, error in missing:
+            print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
+        return 2
+    result = sync_with_retries(kernel, ruleset)
+    flushed = delete_stale(result.stale_flows, args.netns)
+    kind = "full" if result.full else "incremental"
+    print(
+        f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
+        f"{flushed} stale conntrack entries deleted"
+    )
+    return 1 if args.strict and any(not p.note for p in problems) else 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare the ruleset for the manifests with the kernel: 0 in sync, 1 drifted."""
+    wanted = _desired(args)
+    if wanted is None:
+        return 2
+    kernel = _kernel(args)
+    current = read_tables(kernel)
+    desired = desired_tables(wanted[0])
+    diffs = differences(plan_all(desired, current), desired, current)
+    if args.json:
+        print(json.dumps(report.as_dicts(diffs), indent=1))
+    else:
+        sys.stdout.write(report.as_text(diffs) or "in sync\n")
+    return 1 if diffs else 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove nftproxy's tables (and kube-proxy's rules with --kube-proxy)."""
+    for what in cleanup(_kernel(args), kube_proxy=args.kube_proxy, netns=args.netns):
+        print(f"removed {what}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a scenario through the real kernel (needs root)."""
     from nftproxy.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
@@ -143,6 +225,26 @@ def parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print the nft ruleset for manifests (dry run)")
     add_node_flags(render)
     render.set_defaults(func=cmd_render)
+    apply = sub.add_parser("apply", help="make the kernel hold the ruleset (one sync)")
+    add_node_flags(apply)
+    add_netns_flag(apply)
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print the transaction instead of applying it"
+    )
+    apply.set_defaults(func=cmd_apply)
+    diff = sub.add_parser("diff", help="what differs between the ruleset and the kernel")
+    add_node_flags(diff)
+    add_netns_flag(diff)
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    diff.set_defaults(func=cmd_diff)
+    clean = sub.add_parser("cleanup", help="remove nftproxy's tables and nothing else")
+    add_netns_flag(clean)
+    clean.add_argument(
+        "--kube-proxy",
+        action="store_true",
+        help="also remove kube-proxy's nftables tables and iptables KUBE-* chains",
+    )
+    clean.set_defaults(func=cmd_cleanup)
     demo = sub.add_parser(
         "demo", help="load a scenario into a throw-away network namespace and probe it"
     )
@@ -163,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(json=args.log_json)
     try:
         code: int = args.func(args)
-    except ConfigError as err:
+    except (ConfigError, NftError) as err:
         print(f"nftproxy: {err}", file=sys.stderr)
         return 2
     return code

@@ -162,8 +162,29 @@ class SetUpdate:
     key: Key
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A term read from the kernel that nftproxy does not write (kept as nft's JSON).
+
+    Only ever found in live state; it never equals a desired term, so a rule
+    holding one shows up as changed.
+    """
+
+    json: str
+
+
 Term = (
-    Match | MarkTest | Verdict | Reject | VMap | DnatMap | Dnat | MarkSet | Masquerade | SetUpdate
+    Match
+    | MarkTest
+    | Verdict
+    | Reject
+    | VMap
+    | DnatMap
+    | Dnat
+    | MarkSet
+    | Masquerade
+    | SetUpdate
+    | Raw
 )
 
 

@@ -8,9 +8,11 @@ transaction, so the replacement is atomic: there is no moment without rules.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 
 from nftproxy.nft.model import (
+    BaseHook,
     Chain,
     DataType,
     Dnat,
@@ -25,6 +27,7 @@ from nftproxy.nft.model import (
     Masquerade,
     Match,
     Numgen,
+    Raw,
     Reject,
     Rule,
     Ruleset,
@@ -35,6 +38,19 @@ from nftproxy.nft.model import (
     Term,
     Verdict,
     VMap,
+)
+from nftproxy.nft.transaction import (
+    AddChain,
+    AddElements,
+    AddRule,
+    AddSet,
+    AddTable,
+    Change,
+    DeleteChain,
+    DeleteSet,
+    DeleteTable,
+    FlushChain,
+    Transaction,
 )
 
 _FIELDS = {
@@ -111,6 +127,8 @@ def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branc
         return "masquerade fully-random"
     if isinstance(term, SetUpdate):
         return f"update @{term.set} {{ {render_key(term.key, family)} }}"
+    if isinstance(term, Raw):
+        return f"<not written by nftproxy: {term.json}>"
     raise TypeError(f"unknown rule term {term!r}")
 
 
@@ -165,13 +183,16 @@ def _render_set(s: Set, family: Family) -> Iterator[str]:
     yield "\t}"
 
 
+def _hook_line(b: BaseHook) -> str:
+    return f"type {b.type.value} hook {b.hook.value} priority {b.priority}; policy accept;"
+
+
 def _render_chain(chain: Chain, family: Family) -> Iterator[str]:
     yield f"\tchain {chain.name} {{"
     if chain.comment:
         yield f'\t\tcomment "{chain.comment}"'
     if chain.base is not None:
-        b = chain.base
-        yield f"\t\ttype {b.type.value} hook {b.hook.value} priority {b.priority}; policy accept;"
+        yield f"\t\t{_hook_line(chain.base)}"
     for rule in chain.rules:
         yield f"\t\t{render_rule(rule, family)}"
     yield "\t}"
@@ -227,3 +248,50 @@ def render_script(ruleset: Ruleset, table_name: str) -> str:
         out.append(f"delete table {family.value} {table_name}\n")
     out.extend(render_table(t) for t in ruleset.tables)
     return "".join(out)
+
+
+def _declare_set(s: Set, family: Family) -> str:
+    lines = list(_render_set(dataclasses.replace(s, elements=()), family))[1:-1]
+    return f"{s.name} {{ {'; '.join(line.strip() for line in lines)}; }}"
+
+
+def _declare_chain(chain: Chain) -> str:
+    parts = []
+    if chain.base is not None:
+        parts.append(_hook_line(chain.base))
+    if chain.comment:
+        parts.append(f'comment "{chain.comment}";')
+    return f"{chain.name} {{ {' '.join(parts)} }}" if parts else chain.name
+
+
+def render_change(change: Change, family: Family, table: str) -> str:  # noqa: PLR0911
+    """One change as one nft command."""
+    where = f"{family.value} {table}"
+    if isinstance(change, AddTable):
+        return f"add table {where}"
+    if isinstance(change, DeleteTable):
+        return f"delete table {where}"
+    if isinstance(change, AddSet):
+        kind = "map" if change.set.is_map else "set"
+        return f"add {kind} {where} {_declare_set(change.set, family)}"
+    if isinstance(change, DeleteSet):
+        return f"delete set {where} {change.name}"
+    if isinstance(change, AddChain):
+        return f"add chain {where} {_declare_chain(change.chain)}"
+    if isinstance(change, FlushChain):
+        return f"flush chain {where} {change.name}"
+    if isinstance(change, DeleteChain):
+        return f"delete chain {where} {change.name}"
+    if isinstance(change, AddRule):
+        return f"add rule {where} {change.chain} {render_rule(change.rule, family)}"
+    verb = "add" if isinstance(change, AddElements) else "delete"
+    if verb == "delete":  # deleting goes by key: no values, no comments
+        items = [" . ".join(e.key) for e in change.elements]
+    else:
+        items = [render_element(e, change.set) for e in change.elements]
+    return f"{verb} element {where} {change.set.name} {{ {', '.join(items)} }}"
+
+
+def render_transaction(tx: Transaction) -> str:
+    """A transaction as the nft script libnftables runs (one command a line)."""
+    return "".join(render_change(c, tx.family, tx.table) + "\n" for c in tx.changes)

@@ -1,0 +1,133 @@
+"""The one seam to the kernel: run nft text, list a table as JSON. Through libnftables.
+
+Everything above this module is pure and tested without root; this module is
+tested with root in network namespaces. Errors from libnftables are mapped to
+typed errors in one function, :func:`classify`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Any, Protocol
+
+from nftproxy.nft.model import Family
+
+
+class ErrorKind(StrEnum):
+    """What went wrong with a transaction."""
+
+    NOT_FOUND = "not found"
+    EXISTS = "exists"
+    INVALID = "invalid"
+    BUSY = "busy"
+    UNSUPPORTED = "unsupported"
+    OTHER = "other"
+
+
+class NftError(RuntimeError):
+    """A transaction the kernel refused; nothing of it was applied."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+_PATTERNS = (
+    ("No such file or directory", ErrorKind.NOT_FOUND),
+    ("does not exist", ErrorKind.NOT_FOUND),
+    ("File exists", ErrorKind.EXISTS),
+    ("Device or resource busy", ErrorKind.BUSY),
+    ("Operation not supported", ErrorKind.UNSUPPORTED),
+    ("not supported", ErrorKind.UNSUPPORTED),
+    ("syntax error", ErrorKind.INVALID),
+    ("Invalid argument", ErrorKind.INVALID),
+    ("datatype mismatch", ErrorKind.INVALID),
+    ("Error:", ErrorKind.INVALID),
+)
+
+
+def classify(message: str) -> ErrorKind:
+    """The kind of a libnftables error message (the first that matches wins)."""
+    for needle, kind in _PATTERNS:
+        if needle in message:
+            return kind
+    return ErrorKind.OTHER
+
+
+class Kernel(Protocol):
+    """What nftproxy needs from nftables."""
+
+    def run(self, script: str) -> None:
+        """Run a script as one atomic transaction; raise NftError if refused."""
+
+    def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
+        """``nft -j list table`` as parsed JSON, or None when the table is absent."""
+
+
+@contextlib.contextmanager
+def in_netns(netns: str | None) -> Iterator[None]:
+    if netns is None:
+        yield
+        return
+    from pyroute2.netns import popns, pushns  # noqa: PLC0415 - only for namespaced use
+
+    pushns(netns)
+    try:
+        yield
+    finally:
+        popns()
+
+
+class Libnftables:
+    """The real kernel, through Debian's libnftables binding.
+
+    With ``netns`` the netlink socket is opened inside that network namespace
+    (libnftables binds it when the context is made) and stays there.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        import nftables  # noqa: PLC0415 - a system package; render does not need it
+
+        with in_netns(netns):
+            self._nft = nftables.Nftables()
+        self._nft.set_handle_output(False)
+
+    def _cmd(self, text: str, *, as_json: bool = False) -> str:
+        self._nft.set_json_output(as_json)
+        rc, out, err = self._nft.cmd(text)
+        if rc != 0:
+            raise NftError(classify(err), err.strip())
+        return str(out)
+
+    def run(self, script: str) -> None:
+        """Run a script as one atomic transaction."""
+        if script:
+            self._cmd(script)
+
+    def check(self, script: str) -> None:
+        """Have the kernel validate a script without committing it."""
+        self._nft.set_dry_run(True)
+        try:
+            self._cmd(script)
+        finally:
+            self._nft.set_dry_run(False)
+
+    def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
+        """The table as nft's JSON, or None when it does not exist."""
+        try:
+            out = self._cmd(f"list table {family.value} {name}", as_json=True)
+        except NftError as err:
+            if err.kind == ErrorKind.NOT_FOUND:
+                return None
+            raise
+        listing: dict[str, Any] = json.loads(out)
+        return listing
+
+    def list_tables(self) -> list[tuple[str, str]]:
+        """(family, name) of every table."""
+        out = json.loads(self._cmd("list tables", as_json=True))
+        return [(o["table"]["family"], o["table"]["name"]) for o in out["nftables"] if "table" in o]

@@ -1,0 +1,185 @@
+"""``plan(desired, current)``: the smallest transaction from one table to another. Pure.
+
+The same function serves the incremental sync (current = what was applied last)
+and drift repair (current = what the kernel holds, parsed back by
+:mod:`nftproxy.nft.parse`). Sets and chains are compared by definition, rules by
+their terms, elements by key and value; the elements of dynamic sets (client
+affinity) belong to the kernel and are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from nftproxy.nft.model import Chain, DnatMap, Element, Family, Set, SetRef, SetUpdate, Table, VMap
+from nftproxy.nft.model import Match as MatchTerm
+from nftproxy.nft.render import ordered_chains
+from nftproxy.nft.transaction import (
+    AddChain,
+    AddElements,
+    AddRule,
+    AddSet,
+    AddTable,
+    Change,
+    DeleteChain,
+    DeleteElements,
+    DeleteSet,
+    DeleteTable,
+    FlushChain,
+    Transaction,
+)
+
+
+def _definition(s: Set) -> tuple[object, ...]:
+    return (s.key, s.value, s.interval, s.timeout)
+
+
+def set_references(chain: Chain) -> Iterator[str]:
+    """The sets and maps a chain's rules use."""
+    for rule in chain.rules:
+        for term in rule.terms:
+            if isinstance(term, (VMap, DnatMap)):
+                yield term.map
+            elif isinstance(term, SetUpdate):
+                yield term.set
+            elif isinstance(term, MatchTerm) and isinstance(term.value, SetRef):
+                yield term.value.name
+
+
+def _load_all(desired: Table) -> list[Change]:
+    changes: list[Change] = [AddTable()]
+    changes += [AddSet(s) for s in desired.sets]
+    chains = ordered_chains(desired.chains)
+    changes += [AddChain(c) for c in chains]
+    changes += [AddRule(c.name, r) for c in chains for r in c.rules]
+    changes += [AddElements(s, s.elements) for s in desired.sets if s.elements]
+    return changes
+
+
+def _element_diff(want: Set, have: Set) -> tuple[tuple[Element, ...], tuple[Element, ...]]:
+    """Elements to delete from and to add to have, so that it holds want's."""
+    if want.dynamic:
+        return (), ()
+    have_by_key = {e.key: e.value for e in have.elements}
+    want_by_key = {e.key: e.value for e in want.elements}
+    stale = tuple(e for e in have.elements if want_by_key.get(e.key, e) != e.value)
+    fresh = tuple(e for e in want.elements if have_by_key.get(e.key, e) != e.value)
+    return stale, fresh
+
+
+def _diff(desired: Table, current: Table) -> list[Change]:
+    want_sets = {s.name: s for s in desired.sets}
+    have_sets = {s.name: s for s in current.sets}
+    want_chains = {c.name: c for c in desired.chains}
+    have_chains = {c.name: c for c in current.chains}
+
+    recreate_sets = {
+        n
+        for n, s in have_sets.items()
+        if n in want_sets and _definition(s) != _definition(want_sets[n])
+    }
+    drop_sets = set(have_sets) - set(want_sets)
+    replaced_sets = recreate_sets | drop_sets
+    drop_chains = {
+        n for n, c in have_chains.items() if n not in want_chains or c.base != want_chains[n].base
+    }
+    rewrite = {
+        n
+        for n, c in want_chains.items()
+        if n in have_chains
+        and n not in drop_chains
+        and (c.rules != have_chains[n].rules or set(set_references(c)) & replaced_sets)
+    }
+    # Chains that go or change, and everything that uses a set that goes, lose their rules first.
+    flush = sorted(
+        rewrite
+        | {n for n in drop_chains if have_chains[n].rules}
+        | {n for n, c in have_chains.items() if set(set_references(c)) & replaced_sets}
+    )
+
+    stale: list[Change] = []
+    fresh: list[Change] = []
+    for name, want in want_sets.items():
+        if name in have_sets and name not in recreate_sets:
+            out, add = _element_diff(want, have_sets[name])
+            if out:
+                stale.append(DeleteElements(want, out))
+            if add:
+                fresh.append(AddElements(want, add))
+        elif want.elements:
+            fresh.append(AddElements(want, want.elements))
+
+    new_chains = [
+        c
+        for c in ordered_chains(desired.chains)
+        if c.name not in have_chains or c.name in drop_chains
+    ]
+    changes: list[Change] = [FlushChain(n) for n in flush]
+    changes += stale
+    changes += [DeleteSet(n) for n in sorted(replaced_sets)]
+    changes += [DeleteChain(n) for n in sorted(drop_chains)]
+    changes += [AddSet(want_sets[n]) for n in want_sets if n not in have_sets or n in recreate_sets]
+    changes += [AddChain(c) for c in new_chains]
+    changes += [
+        AddRule(c.name, r)
+        for c in ordered_chains(desired.chains)
+        if c.name in rewrite or c in new_chains
+        for r in c.rules
+    ]
+    changes += fresh
+    return changes
+
+
+def plan(desired: Table | None, current: Table | None, family: Family, table: str) -> Transaction:
+    """The changes that turn current into desired (either may be absent)."""
+    if desired is None:
+        changes: list[Change] = [DeleteTable()] if current is not None else []
+    elif current is None:
+        changes = _load_all(desired)
+    else:
+        changes = _diff(desired, current)
+    return Transaction(family, table, tuple(changes))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """How many objects a transaction adds, changes and removes."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    def __add__(self, other: Summary) -> Summary:
+        return Summary(
+            self.added + other.added, self.changed + other.changed, self.removed + other.removed
+        )
+
+    def __str__(self) -> str:
+        return f"{self.added} added, {self.changed} changed, {self.removed} removed"
+
+
+def summarize(tx: Transaction) -> Summary:
+    """Count objects (tables, sets, chains, elements) by what the transaction does to them."""
+    added: set[tuple[str, ...]] = set()
+    removed: set[tuple[str, ...]] = set()
+    rewritten: set[str] = set()
+    for c in tx.changes:
+        if isinstance(c, (AddTable, DeleteTable)):
+            (added if isinstance(c, AddTable) else removed).add(("table",))
+        elif isinstance(c, AddSet):
+            added.add(("set", c.set.name))
+        elif isinstance(c, DeleteSet):
+            removed.add(("set", c.name))
+        elif isinstance(c, AddChain):
+            added.add(("chain", c.chain.name))
+        elif isinstance(c, DeleteChain):
+            removed.add(("chain", c.name))
+        elif isinstance(c, FlushChain):
+            rewritten.add(c.name)
+        elif isinstance(c, (AddElements, DeleteElements)):
+            bucket = added if isinstance(c, AddElements) else removed
+            bucket.update(("element", c.set.name, *e.key) for e in c.elements)
+    changed = added & removed
+    changed_chains = {("chain", n) for n in rewritten} - removed - added
+    return Summary(len(added - changed), len(changed) + len(changed_chains), len(removed - changed))
