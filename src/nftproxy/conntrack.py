@@ -9,11 +9,10 @@ After a sync removes endpoints, the entries that point at them are deleted
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from nftproxy.kernel import in_netns
 
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": 132}
 
@@ -32,14 +31,14 @@ class StaleFlow:
 def delete_stale(flows: Iterable[StaleFlow], netns: str | None = None) -> int:
     """Delete the conntrack entries of flows; returns how many were deleted."""
     from pyroute2 import Conntrack  # noqa: PLC0415 - netlink only when needed
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple  # noqa: PLC0415
 
     deleted = 0
     wanted = list(flows)
     if not wanted:
         return 0
-    with in_netns(netns):
-        ct = Conntrack()
+    ct = Conntrack(netns=netns) if netns else Conntrack()
     with contextlib.closing(ct):
         for f in wanted:
             family = socket.AF_INET6 if ":" in f.endpoint_addr else socket.AF_INET
@@ -49,10 +48,16 @@ def delete_stale(flows: Iterable[StaleFlow], netns: str | None = None) -> int:
                 proto=PROTOCOLS[f.proto],
                 sport=f.endpoint_port,
             )
-            for entry in ct.dump_entries(tuple_reply=reply):
-                orig = entry.tuple_orig
-                if orig.daddr == f.entry_addr and orig.dport == f.entry_port:
-                    with contextlib.suppress(Exception):  # already gone: fine
-                        ct.entry("del", tuple_orig=orig)
-                        deleted += 1
+            stale = [
+                e.tuple_orig
+                for e in ct.dump_entries(tuple_reply=reply)
+                if e.tuple_orig.daddr == f.entry_addr and e.tuple_orig.dport == f.entry_port
+            ]
+            for orig in stale:
+                try:
+                    ct.entry("del", tuple_orig=orig)
+                    deleted += 1
+                except NetlinkError as err:
+                    if err.code != errno.ENOENT:  # gone meanwhile: fine
+                        raise
     return deleted

@@ -80,17 +80,34 @@ def _diff(desired: Table, current: Table) -> list[Change]:
         if n in want_sets and _definition(s) != _definition(want_sets[n])
     }
     drop_sets = set(have_sets) - set(want_sets)
-    replaced_sets = recreate_sets | drop_sets
     drop_chains = {
         n for n, c in have_chains.items() if n not in want_chains or c.base != want_chains[n].base
     }
-    rewrite = {
-        n
+
+    def rewritten(replaced: set[str]) -> set[str]:
+        return {
+            n
+            for n, c in want_chains.items()
+            if n in have_chains
+            and n not in drop_chains
+            and (c.rules != have_chains[n].rules or set(set_references(c)) & replaced)
+        }
+
+    rewrite = rewritten(recreate_sets | drop_sets)
+    # nft 1.0.6 refuses a new "dnat to ... map @m" rule when @m was made by an earlier
+    # transaction and its typeof value holds "th dport" ("conflicting protocols
+    # specified: tcp vs. th"); made in the same transaction, it is accepted. So a
+    # transaction that writes such a rule makes the map anew too.
+    written = [
+        c
         for n, c in want_chains.items()
-        if n in have_chains
-        and n not in drop_chains
-        and (c.rules != have_chains[n].rules or set(set_references(c)) & replaced_sets)
-    }
+        if n in rewrite or n not in have_chains or n in drop_chains
+    ]
+    dnat_maps = {t.map for c in written for r in c.rules for t in r.terms if isinstance(t, DnatMap)}
+    if dnat_maps & (set(have_sets) - recreate_sets):
+        recreate_sets |= dnat_maps & set(have_sets)
+        rewrite = rewritten(recreate_sets | drop_sets)
+    replaced_sets = recreate_sets | drop_sets
     # Chains that go or change, and everything that uses a set that goes, lose their rules first.
     flush = sorted(
         rewrite
