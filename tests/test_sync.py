@@ -218,6 +218,8 @@ def test_no_gap_while_reapplying(lab: tuple[Lab, Libnftables], tmp_path: Path) -
                 "10.0.0.0/8",
                 "--service-cidr",
                 "172.30.0.0/16",
+                "--checkpoint",
+                str(tmp_path / "checkpoint"),
             ],
             check=True,
         )
@@ -323,3 +325,23 @@ def test_goldens_read_back_in_sync() -> None:
             lab.load((folder / "ruleset.nft").read_text())
             assert in_sync(kernel, rs), folder.name
     assert names.TABLE == "nftproxy" and Family.IP.value == "ip"
+
+
+def test_restart_with_a_checkpoint_reads_no_elements_back(
+    lab: tuple[Lab, Libnftables], tmp_path: Path
+) -> None:
+    """A checkpoint whose generation the kernel holds stands in for reading the kernel;
+    one that does not (the kernel was changed by someone else) is ignored."""
+    lab_, kernel = lab
+    cp = tmp_path / "checkpoint"
+    first = sync(kernel, ruleset(*web(EPS[0], EPS[1])), checkpoint=cp)
+    assert not first.from_checkpoint and cp.exists()
+    again = sync(Libnftables(lab_.node), ruleset(*web(EPS[0], EPS[2])), checkpoint=cp)
+    assert again.from_checkpoint
+    assert str(again.summary) == "1 added, 3 changed, 1 removed"
+    assert in_sync(kernel, ruleset(*web(EPS[0], EPS[2])))
+    sync(kernel, ruleset(*web(EPS[1])))  # applied without the checkpoint: new generation
+    third = sync(kernel, ruleset(*web(EPS[2])), checkpoint=cp)
+    assert not third.from_checkpoint
+    assert in_sync(kernel, ruleset(*web(EPS[2])))
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[2]}

@@ -127,6 +127,13 @@ SETS = (
         "LoadBalancer entries and the sources they allow",
     ),
     (
+        names.APPLIED,
+        (DataType.SERVICE,),
+        (),
+        False,
+        "what nftproxy applied last: its element's comment is the ruleset's digest",
+    ),
+    (
         names.HAIRPIN,
         (DataType.ADDR, DataType.ADDR),
         (),

@@ -161,6 +161,16 @@ def _kernel(args: argparse.Namespace) -> Libnftables:
     return Libnftables(args.netns)
 
 
+CHECKPOINT_DIR = Path("/var/lib/nftproxy")
+
+
+def _checkpoint(args: argparse.Namespace) -> Path | None:
+    """Where apply keeps what it applied (one file per network namespace); None: nowhere."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint) if args.checkpoint else None
+    return CHECKPOINT_DIR / (f"checkpoint-{args.netns}" if args.netns else "checkpoint")
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """One sync: make the kernel hold the ruleset for the manifests."""
     wanted = _desired(args)
@@ -177,9 +187,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for feature, error in missing:
             print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
         return 2
-    result = sync_with_retries(kernel, ruleset)
+    result = sync_with_retries(kernel, ruleset, checkpoint=_checkpoint(args))
     flushed = delete_stale(result.stale_flows, args.netns)
     kind = "full" if result.full else "incremental"
+    kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
     print(
         f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
         f"{flushed} stale conntrack entries deleted"
@@ -230,6 +241,12 @@ def parser() -> argparse.ArgumentParser:
     add_netns_flag(apply)
     apply.add_argument(
         "--dry-run", action="store_true", help="print the transaction instead of applying it"
+    )
+    apply.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="where to keep what was applied, so that a restart need not read "
+        "the kernel back (default /var/lib/nftproxy/checkpoint; '' for none)",
     )
     apply.set_defaults(func=cmd_apply)
     diff = sub.add_parser("diff", help="what differs between the ruleset and the kernel")

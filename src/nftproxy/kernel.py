@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Protocol
 
-from nftproxy.nft.model import Family
+from nftproxy.nft.model import Family, Set
+from nftproxy.nft.parse import parse_set
 
 
 class ErrorKind(StrEnum):
@@ -66,6 +67,9 @@ class Kernel(Protocol):
 
     def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
         """``nft -j list table`` as parsed JSON, or None when the table is absent."""
+
+    def list_set(self, family: Family, table: str, name: str) -> Set | None:
+        """One set with its elements, or None when it (or its table) is absent."""
 
 
 @contextlib.contextmanager
@@ -126,6 +130,19 @@ class Libnftables:
             raise
         listing: dict[str, Any] = json.loads(out)
         return listing
+
+    def list_set(self, family: Family, table: str, name: str) -> Set | None:
+        """One set with its elements, or None when it (or its table) is absent."""
+        try:
+            out = self._cmd(f"list set {family.value} {table} {name}", as_json=True)
+        except NftError as err:
+            if err.kind == ErrorKind.NOT_FOUND:
+                return None
+            raise
+        for obj in json.loads(out)["nftables"]:
+            if "set" in obj or "map" in obj:
+                return parse_set(obj.get("set") or obj["map"])
+        return None
 
     def list_tables(self) -> list[tuple[str, str]]:
         """(family, name) of every table."""

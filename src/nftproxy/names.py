@@ -32,6 +32,7 @@ POD_CIDRS = "pod-cidrs"
 FIREWALL_IPS = "firewall-ips"
 FIREWALL_ALLOW = "firewall-allow"
 HAIRPIN = "hairpin"
+APPLIED = "applied"
 
 
 def hashed(name: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from nftproxy import names
 from nftproxy.nft.model import Chain, DnatMap, Element, Family, Set, SetRef, SetUpdate, Table, VMap
 from nftproxy.nft.model import Match as MatchTerm
 from nftproxy.nft.render import ordered_chains
@@ -59,7 +60,7 @@ def _load_all(desired: Table) -> list[Change]:
 
 def _element_diff(want: Set, have: Set) -> tuple[tuple[Element, ...], tuple[Element, ...]]:
     """Elements to delete from and to add to have, so that it holds want's."""
-    if want.dynamic:
+    if want.dynamic or want.name == names.APPLIED:  # the kernel's, or sync's own marker
         return (), ()
     have_by_key = {e.key: e.value for e in have.elements}
     want_by_key = {e.key: e.value for e in want.elements}

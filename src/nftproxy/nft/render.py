@@ -50,6 +50,7 @@ from nftproxy.nft.transaction import (
     DeleteSet,
     DeleteTable,
     FlushChain,
+    FlushSet,
     Transaction,
 )
 
@@ -276,6 +277,8 @@ def render_change(change: Change, family: Family, table: str) -> str:  # noqa: P
         return f"add {kind} {where} {_declare_set(change.set, family)}"
     if isinstance(change, DeleteSet):
         return f"delete set {where} {change.name}"
+    if isinstance(change, FlushSet):
+        return f"flush set {where} {change.name}"
     if isinstance(change, AddChain):
         return f"add chain {where} {_declare_chain(change.chain)}"
     if isinstance(change, FlushChain):

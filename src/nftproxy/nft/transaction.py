@@ -36,6 +36,13 @@ class DeleteSet:
 
 
 @dataclass(frozen=True)
+class FlushSet:
+    """Remove every element of a set or map."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class AddChain:
     """Declare a chain (base chains with their hook); rules come with ``AddRule``."""
 
@@ -85,6 +92,7 @@ Change = (
     | DeleteTable
     | AddSet
     | DeleteSet
+    | FlushSet
     | AddChain
     | FlushChain
     | DeleteChain

@@ -1,0 +1,116 @@
+"""Kernel sync at scale: full apply, a restarted proxy's apply, diff; prints the figures.
+
+    python bench/sync.py [--services 10000,44000] [--endpoints 3]
+
+For each size, in a scratch namespace: a full apply on an empty kernel; an apply
+by a fresh process-like state (new libnftables context, nothing remembered) over
+the up-to-date table with one endpoint changed, with the objects its transaction
+touches; and a diff against the kernel. Times are end to end (read, parse, plan,
+apply). Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster import NODE_IP, NODE_NAME, cluster
+
+from nftproxy.build import build
+from nftproxy.config import NodeConfig, parse_cidrs
+from nftproxy.kernel import Libnftables
+from nftproxy.lab.netns import Lab
+from nftproxy.manifests import Loaded, load_objects
+from nftproxy.nft.model import Ruleset
+from nftproxy.nft.transaction import AddElements, DeleteElements
+from nftproxy.report import differences
+from nftproxy.state import compute_state
+from nftproxy.sync import desired_tables, plan_all, read_tables, sync
+
+NODE = NodeConfig(
+    NODE_NAME,
+    (ipaddress.ip_address(NODE_IP),),
+    parse_cidrs("10.0.0.0/8"),
+    parse_cidrs("172.16.0.0/12"),
+)
+
+
+def ruleset(doc: dict[str, Any]) -> Ruleset:
+    loaded = Loaded()
+    load_objects(iter([doc]), "bench", loaded)
+    return build(compute_state(loaded.objects, NODE))
+
+
+def one_endpoint_changed(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same cluster with one endpoint of one ClusterIP Service replaced."""
+    slice_ = next(
+        i
+        for i in doc["items"]
+        if i["kind"] == "EndpointSlice" and i["metadata"]["name"] == "svc-7-abc"
+    )
+    slice_["endpoints"][1]["addresses"] = ["10.255.0.7"]
+    return doc
+
+
+def measure(services: int, endpoints: int) -> None:
+    base = ruleset(cluster(services, endpoints))
+    changed = ruleset(one_endpoint_changed(cluster(services, endpoints)))
+    with Lab("bench-sync") as lab:
+        start = time.perf_counter()
+        sync(Libnftables(lab.node), base)
+        full = time.perf_counter() - start
+
+        start = time.perf_counter()
+        result = sync(Libnftables(lab.node), changed)  # a fresh context: nothing remembered
+        restart = time.perf_counter() - start
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cp = Path(tmp) / "checkpoint"
+            sync(Libnftables(lab.node), base, checkpoint=cp)
+            start = time.perf_counter()
+            with_cp = sync(Libnftables(lab.node), changed, checkpoint=cp)
+            restart_cp = time.perf_counter() - start
+            assert with_cp.from_checkpoint
+        elements = sum(
+            len(c.elements)
+            for tx in result.transactions
+            for c in tx.changes
+            if isinstance(c, (AddElements, DeleteElements))
+        )
+        changes = sum(len(tx.changes) for tx in result.transactions)
+
+        start = time.perf_counter()
+        kernel = Libnftables(lab.node)
+        desired, current = desired_tables(base), read_tables(kernel)
+        diffs = differences(plan_all(desired, current), desired, current)
+        diff = time.perf_counter() - start
+    print(
+        f"{services:>8} {full:>9.2f} {restart:>11.2f} {restart_cp:>14.2f} {changes:>8} "
+        f"{elements:>9} {result.summary!s:>32} {diff:>7.2f} {len(diffs):>6}",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--services", default="10000,44000")
+    parser.add_argument("--endpoints", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"{'services':>8} {'full s':>9} {'restart s':>11} {'checkpoint s':>14} {'changes':>8} "
+        f"{'elements':>9} {'objects':>32} {'diff s':>7} {'diffs':>6}"
+    )
+    for n in (int(x) for x in args.services.split(",")):
+        measure(n, args.endpoints)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
