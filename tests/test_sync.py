@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from helpers import endpoint, service, slice_
 
-from nftproxy import names
 from nftproxy.build import build
 from nftproxy.cleanup import cleanup
 from nftproxy.config import NodeConfig, parse_cidrs
@@ -25,7 +24,7 @@ from nftproxy.kernel import Libnftables, NftError
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect, namespace
 from nftproxy.manifests import Loaded, load_objects
-from nftproxy.nft.model import Family, Ruleset
+from nftproxy.nft.model import Ruleset
 from nftproxy.report import differences
 from nftproxy.state import compute_state
 from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
@@ -303,28 +302,6 @@ def test_cleanup_removes_ours_and_on_request_kube_proxy(lab: tuple[Lab, Libnftab
     saved = in_ns(lab_.node, "iptables-save", "-t", "nat")
     assert "KUBE-" not in saved and "-A PREROUTING -j MINE" in saved
     assert "table ip other" in in_ns(lab_.node, "nft", "list", "tables")
-
-
-def test_goldens_read_back_in_sync() -> None:
-    """Every golden, loaded and read back, equals what the builder made: the parser
-    undoes all of nft's normalisations."""
-    from conftest import HERE  # noqa: PLC0415
-
-    sys.path.insert(0, str(HERE.parent / "scripts"))
-    import regen_rulesets  # noqa: PLC0415
-
-    from nftproxy.cli import node_config, parser  # noqa: PLC0415
-    from nftproxy.manifests import load_paths  # noqa: PLC0415
-
-    flags = (regen_rulesets.ROOT / "node-flags").read_text().split()
-    with Lab("golden") as lab:
-        kernel = Libnftables(lab.node)
-        for folder in regen_rulesets.examples():
-            args = parser().parse_args(["render", "-f", str(folder), *flags])
-            rs = build(compute_state(load_paths([folder]).objects, node_config(args)))
-            lab.load((folder / "ruleset.nft").read_text())
-            assert in_sync(kernel, rs), folder.name
-    assert names.TABLE == "nftproxy" and Family.IP.value == "ip"
 
 
 def test_restart_with_a_checkpoint_reads_no_elements_back(
