@@ -9,6 +9,18 @@ from nftproxy.config import NodeConfig
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.state import ProxyState, compute_state
 
+NODE_FLAGS = [
+    "--hostname-override",
+    "node-a",
+    "--node-ip",
+    "192.168.0.2",
+    "--cluster-cidr",
+    "10.0.0.0/8",
+    "--service-cidr",
+    "172.30.0.0/16",
+]
+"""The command-line flags of a node like NODE (with its primary address only)."""
+
 NODE = NodeConfig(
     name="node-a",
     ips=(

@@ -6,21 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import endpoint, service, slice_
+from helpers import NODE_FLAGS, endpoint, service, slice_
 
 from nftproxy.cli import main
 from nftproxy.lab.netns import Lab, in_ns
-
-NODE_FLAGS = [
-    "--hostname-override",
-    "node-a",
-    "--node-ip",
-    "192.168.0.2",
-    "--cluster-cidr",
-    "10.0.0.0/8",
-    "--service-cidr",
-    "172.30.0.0/16",
-]
 
 
 def _manifest(tmp_path: Path, *docs: dict[str, object]) -> Path:

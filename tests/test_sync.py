@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import endpoint, service, slice_
+from helpers import NODE_FLAGS, endpoint, service, slice_
 
 from nftproxy.build import build
 from nftproxy.cleanup import cleanup
@@ -209,14 +209,7 @@ def test_no_gap_while_reapplying(lab: tuple[Lab, Libnftables], tmp_path: Path) -
                 lab_.node,
                 "-f",
                 str(manifest),
-                "--hostname-override",
-                "node-a",
-                "--node-ip",
-                "192.168.0.2",
-                "--cluster-cidr",
-                "10.0.0.0/8",
-                "--service-cidr",
-                "172.30.0.0/16",
+                *NODE_FLAGS,
                 "--checkpoint",
                 str(tmp_path / "checkpoint"),
             ],

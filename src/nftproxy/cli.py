@@ -132,15 +132,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     # A one-shot run over up to millions of small objects: the cyclic garbage
     # collector would only rescan them (a third of the run time at 10,000 Services).
     gc.disable()
-    node = node_config(args)
-    loaded = load_paths(args.paths)
-    state = compute_state(loaded.objects, node)
-    problems = [*loaded.problems, *state.problems]
-    log.report(problems)
-    if not loaded.objects and any(not p.note for p in problems):
-        print("nftproxy: nothing usable could be read", file=sys.stderr)
+    wanted = _desired(args)
+    if wanted is None:
         return 1
-    sys.stdout.write(render_script(build(state), names.TABLE))
+    ruleset, problems = wanted
+    sys.stdout.write(render_script(ruleset, names.TABLE))
+    return _status(args, problems)
+
+
+def _status(args: argparse.Namespace, problems: list[Problem]) -> int:
+    """1 with --strict when an object was invalid, else 0."""
     return 1 if args.strict and any(not p.note for p in problems) else 0
 
 
@@ -195,7 +196,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
         f"{flushed} stale conntrack entries deleted"
     )
-    return 1 if args.strict and any(not p.note for p in problems) else 0
+    return _status(args, problems)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -120,10 +120,10 @@ class Libnftables:
         finally:
             self._nft.set_dry_run(False)
 
-    def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
-        """The table as nft's JSON, or None when it does not exist."""
+    def _list(self, what: str) -> dict[str, Any] | None:
+        """``nft -j list WHAT`` parsed, or None when it does not exist."""
         try:
-            out = self._cmd(f"list table {family.value} {name}", as_json=True)
+            out = self._cmd(f"list {what}", as_json=True)
         except NftError as err:
             if err.kind == ErrorKind.NOT_FOUND:
                 return None
@@ -131,15 +131,14 @@ class Libnftables:
         listing: dict[str, Any] = json.loads(out)
         return listing
 
+    def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
+        """The table as nft's JSON, or None when it does not exist."""
+        return self._list(f"table {family.value} {name}")
+
     def list_set(self, family: Family, table: str, name: str) -> Set | None:
         """One set with its elements, or None when it (or its table) is absent."""
-        try:
-            out = self._cmd(f"list set {family.value} {table} {name}", as_json=True)
-        except NftError as err:
-            if err.kind == ErrorKind.NOT_FOUND:
-                return None
-            raise
-        for obj in json.loads(out)["nftables"]:
+        listing = self._list(f"set {family.value} {table} {name}")
+        for obj in (listing or {}).get("nftables", []):
             if "set" in obj or "map" in obj:
                 return parse_set(obj.get("set") or obj["map"])
         return None
