@@ -8,10 +8,11 @@ typed errors in one function, :func:`classify`.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Protocol
+
+import orjson
 
 from nftproxy.nft.model import Family, Set
 from nftproxy.nft.parse import parse_set
@@ -128,7 +129,7 @@ class Libnftables:
             if err.kind == ErrorKind.NOT_FOUND:
                 return None
             raise
-        listing: dict[str, Any] = json.loads(out)
+        listing: dict[str, Any] = orjson.loads(out)
         return listing
 
     def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
@@ -145,5 +146,5 @@ class Libnftables:
 
     def list_tables(self) -> list[tuple[str, str]]:
         """(family, name) of every table."""
-        out = json.loads(self._cmd("list tables", as_json=True))
+        out = orjson.loads(self._cmd("list tables", as_json=True))
         return [(o["table"]["family"], o["table"]["name"]) for o in out["nftables"] if "table" in o]
