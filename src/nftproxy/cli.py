@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nftproxy import log, names, report
+from nftproxy import log, names
 from nftproxy.build import build
-from nftproxy.cleanup import cleanup
 from nftproxy.config import (
     ConfigError,
     NodeConfig,
@@ -21,16 +19,12 @@ from nftproxy.config import (
     parse_ips,
     parse_nodeport_addresses,
 )
-from nftproxy.conntrack import delete_stale
-from nftproxy.features import missing_features
-from nftproxy.kernel import Libnftables, NftError
+from nftproxy.kernel import NftError
 from nftproxy.manifests import load_paths
 from nftproxy.nft.model import Ruleset
 from nftproxy.nft.render import render_script
 from nftproxy.problems import Problem
-from nftproxy.report import differences
 from nftproxy.state import compute_state
-from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -132,20 +126,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     # A one-shot run over up to millions of small objects: the cyclic garbage
     # collector would only rescan them (a third of the run time at 10,000 Services).
     gc.disable()
-    wanted = _desired(args)
+    wanted = desired(args)
     if wanted is None:
         return 1
     ruleset, problems = wanted
     sys.stdout.write(render_script(ruleset, names.TABLE))
-    return _status(args, problems)
+    return status(args, problems)
 
 
-def _status(args: argparse.Namespace, problems: list[Problem]) -> int:
+def status(args: argparse.Namespace, problems: list[Problem]) -> int:
     """1 with --strict when an object was invalid, else 0."""
     return 1 if args.strict and any(not p.note for p in problems) else 0
 
 
-def _desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
+def desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
     """The desired ruleset from manifests, or None when nothing usable was read."""
     node = node_config(args)
     loaded = load_paths(args.paths)
@@ -158,68 +152,25 @@ def _desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
     return build(state), problems
 
 
-def _kernel(args: argparse.Namespace) -> Libnftables:
-    return Libnftables(args.netns)
-
-
-CHECKPOINT_DIR = Path("/var/lib/nftproxy")
-
-
-def _checkpoint(args: argparse.Namespace) -> Path | None:
-    """Where apply keeps what it applied (one file per network namespace); None: nowhere."""
-    if args.checkpoint is not None:
-        return Path(args.checkpoint) if args.checkpoint else None
-    return CHECKPOINT_DIR / (f"checkpoint-{args.netns}" if args.netns else "checkpoint")
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
     """One sync: make the kernel hold the ruleset for the manifests."""
-    wanted = _desired(args)
-    if wanted is None:
-        return 1
-    ruleset, problems = wanted
-    kernel = _kernel(args)
-    if args.dry_run:
-        result = sync(kernel, ruleset, dry_run=True)
-        sys.stdout.write(result.script)
-        return 0
-    missing = missing_features(kernel)
-    if missing:
-        for feature, error in missing:
-            print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
-        return 2
-    result = sync_with_retries(kernel, ruleset, checkpoint=_checkpoint(args))
-    flushed = delete_stale(result.stale_flows, args.netns)
-    kind = "full" if result.full else "incremental"
-    kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
-    print(
-        f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
-        f"{flushed} stale conntrack entries deleted"
-    )
-    return _status(args, problems)
+    from nftproxy.kernelcli import apply  # noqa: PLC0415 - render does not load the kernel side
+
+    return apply(args)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compare the ruleset for the manifests with the kernel: 0 in sync, 1 drifted."""
-    wanted = _desired(args)
-    if wanted is None:
-        return 2
-    kernel = _kernel(args)
-    current = read_tables(kernel)
-    desired = desired_tables(wanted[0])
-    diffs = differences(plan_all(desired, current), desired, current)
-    if args.json:
-        print(json.dumps(report.as_dicts(diffs), indent=1))
-    else:
-        sys.stdout.write(report.as_text(diffs) or "in sync\n")
-    return 1 if diffs else 0
+    from nftproxy.kernelcli import diff  # noqa: PLC0415
+
+    return diff(args)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Remove nftproxy's tables (and kube-proxy's rules with --kube-proxy)."""
-    for what in cleanup(_kernel(args), kube_proxy=args.kube_proxy, netns=args.netns):
-        print(f"removed {what}")
-    return 0
+    from nftproxy.kernelcli import clean  # noqa: PLC0415
+
+    return clean(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

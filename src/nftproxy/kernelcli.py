@@ -1,0 +1,81 @@
+"""The commands that touch the kernel: apply, diff, cleanup (loaded only when used)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nftproxy import report
+from nftproxy.cleanup import cleanup
+from nftproxy.cli import desired, status
+from nftproxy.conntrack import delete_stale
+from nftproxy.features import missing_features
+from nftproxy.kernel import Libnftables
+from nftproxy.report import differences
+from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
+
+
+def _kernel(args: argparse.Namespace) -> Libnftables:
+    return Libnftables(args.netns)
+
+
+CHECKPOINT_DIR = Path("/var/lib/nftproxy")
+
+
+def _checkpoint(args: argparse.Namespace) -> Path | None:
+    """Where apply keeps what it applied (one file per network namespace); None: nowhere."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint) if args.checkpoint else None
+    return CHECKPOINT_DIR / (f"checkpoint-{args.netns}" if args.netns else "checkpoint")
+
+
+def apply(args: argparse.Namespace) -> int:
+    """One sync: make the kernel hold the ruleset for the manifests."""
+    wanted = desired(args)
+    if wanted is None:
+        return 1
+    ruleset, problems = wanted
+    kernel = _kernel(args)
+    if args.dry_run:
+        result = sync(kernel, ruleset, dry_run=True)
+        sys.stdout.write(result.script)
+        return 0
+    missing = missing_features(kernel)
+    if missing:
+        for feature, error in missing:
+            print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
+        return 2
+    result = sync_with_retries(kernel, ruleset, checkpoint=_checkpoint(args))
+    flushed = delete_stale(result.stale_flows, args.netns)
+    kind = "full" if result.full else "incremental"
+    kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
+    print(
+        f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
+        f"{flushed} stale conntrack entries deleted"
+    )
+    return status(args, problems)
+
+
+def diff(args: argparse.Namespace) -> int:
+    """Compare the ruleset for the manifests with the kernel: 0 in sync, 1 drifted."""
+    wanted = desired(args)
+    if wanted is None:
+        return 2
+    kernel = _kernel(args)
+    current = read_tables(kernel)
+    want = desired_tables(wanted[0])
+    diffs = differences(plan_all(want, current), want, current)
+    if args.json:
+        print(json.dumps(report.as_dicts(diffs), indent=1))
+    else:
+        sys.stdout.write(report.as_text(diffs) or "in sync\n")
+    return 1 if diffs else 0
+
+
+def clean(args: argparse.Namespace) -> int:
+    """Remove nftproxy's tables (and kube-proxy's rules with --kube-proxy)."""
+    for what in cleanup(_kernel(args), kube_proxy=args.kube_proxy, netns=args.netns):
+        print(f"removed {what}")
+    return 0
