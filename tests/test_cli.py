@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def test_rendered_script_loads_over_an_older_one(
         listed = in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
         assert "172.30.0.99" in listed and "10.1.0.2" in listed
         assert "172.30.0.10" not in listed and "10.1.0.1 " not in listed
+
+
+@pytest.mark.kernel
+def test_node_addresses_are_read_from_the_host() -> None:
+    """Without --node-ip: global addresses, the default route's interface first."""
+    from nftproxy.netinfo import node_ips  # noqa: PLC0415 - pyroute2 only for this test
+
+    with Lab("netinfo") as lab:
+        lab.add_node_ip(ipaddress.ip_address("192.168.7.7"))
+        ips = [str(a) for a in node_ips(lab.node)]
+    assert ips[0] in ("100.64.0.1", "fd00:64::1")  # on the interface of the default route
+    assert "192.168.7.7" in ips and "127.0.0.1" not in ips

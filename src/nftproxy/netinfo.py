@@ -12,9 +12,9 @@ from nftproxy.objects import IPAddress
 SCOPE_UNIVERSE = 0
 
 
-def node_ips() -> tuple[IPAddress, ...]:
+def node_ips(netns: str | None = None) -> tuple[IPAddress, ...]:
     """The node's global addresses; per family, the default route's interface first."""
-    with IPRoute() as ipr:
+    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
         default_ifs = {
             r.get_attr("RTA_OIF")
             for fam in (socket.AF_INET, socket.AF_INET6)

@@ -25,7 +25,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 from nftproxy.objects import IPAddress
 
@@ -218,6 +217,3 @@ def list_lab_namespaces() -> Iterator[str]:
     for line in out.splitlines():
         if line.startswith(mine):
             yield line.split()[0]
-
-
-__all__ = ["LINK4", "LINK6", "Lab", "TracebackType", "in_ns", "ip", "list_lab_namespaces"]

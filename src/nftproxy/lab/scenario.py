@@ -22,7 +22,15 @@ from nftproxy import names
 from nftproxy.build import build
 from nftproxy.config import NodeConfig, parse_cidrs
 from nftproxy.lab.netns import LINK4, LINK6, Lab
-from nftproxy.lab.probe import REJECT, Outcome, Reached, connect, send_sctp_init, wait_for_line
+from nftproxy.lab.probe import (
+    DROP,
+    REJECT,
+    Outcome,
+    Reached,
+    connect,
+    send_sctp_init,
+    wait_for_line,
+)
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.render import format_addr_port, render_script
 from nftproxy.objects import EndpointSlice, IPAddress
@@ -32,8 +40,6 @@ TRIES = 40
 """Connections per case with several endpoints: all must be allowed ones, and every
 allowed one must be seen; with at most 3 equally likely endpoints the chance that
 one is never picked is below 3 * (2/3)**40, about 2e-7."""
-
-VERDICTS = ("REJECT", "DROP", "PASS")
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ class Runner:
         send_sctp_init(ns, case.dst, case.port, src=src)
         line = wait_for_line(self.lab.sctp_log, "sctp ")
         if line is None:
-            return "DROP"
+            return DROP
         _, responder, local, port, peer = line.split()
         return Reached(responder, local, int(port), peer)
 
@@ -222,7 +228,7 @@ class Runner:
     def check(self, case: Case, outcome: Outcome, src: str) -> str | None:
         """Why outcome does not meet the case, or None."""
         got = self.describe(outcome)
-        if case.expect in ("REJECT", "DROP"):
+        if case.expect in (REJECT, DROP):
             return None if outcome == case.expect else f"expected {case.expect}, got {got}"
         if not isinstance(outcome, Reached):
             return f"expected {case.expect}, got {got}"
@@ -239,6 +245,3 @@ class Runner:
         if outcome.peer != want_peer:
             return f"expected masq={case.masq} (peer {want_peer}), got {got}"
         return None
-
-
-__all__ = ["REJECT", "VERDICTS", "Case", "Result", "Runner", "Scenario", "load_scenario", "render"]
