@@ -5,13 +5,15 @@
 A client, a node and a server namespace; the node holds nftproxy's ruleset for
 N ClusterIP Services (one endpoint each, on the server). The client opens
 --connects new TCP connections to one Service's ClusterIP; each connect() is
-timed (SYN out, DNAT, SYN-ACK back). Prints p50 and p99 per size and the ratio of
-the largest to the smallest size's p50 (goal: at most 1.15). Needs root.
+timed (SYN out, DNAT, SYN-ACK back). The sizes are measured in turns, ten rounds,
+so that the machine's drift falls on all alike. Prints p50 and p99 per size and the
+ratio of the largest to the smallest size's p50 (goal: at most 1.15). Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import socket
 import statistics
@@ -85,20 +87,32 @@ def connect_times(ns: str, dst: str, count: int) -> list[float]:
     return out
 
 
-def measure(services: int, connects: int) -> tuple[float, float]:
+def _lab(services: int, stack: contextlib.ExitStack) -> tuple[str, str]:
+    """A lab holding N Services; returns the client namespace and the target ClusterIP."""
     loaded = Loaded()
     load_objects(iter(objects(services)), "bench", loaded)
     script = render_script(build(compute_state(loaded.objects, NODE)), names.TABLE)
-    with Lab("datapath") as lab:
-        lab.add_node_ip(ipaddress.ip_address(NODE_IP))
-        client = lab.add_host(ipaddress.ip_address(CLIENT))
-        lab.add_host(ipaddress.ip_address(SERVER))
-        lab.start_responders([80])
-        lab.load(script)
-        target = cluster_ip(services - 1)  # the last one added
-        connect_times(client, target, 200)  # warm up caches, ARP, conntrack
-        times = sorted(connect_times(client, target, connects))
-    return statistics.median(times), times[int(len(times) * 0.99)]
+    lab = stack.enter_context(Lab(f"dp{services}"))
+    lab.add_node_ip(ipaddress.ip_address(NODE_IP))
+    client = lab.add_host(ipaddress.ip_address(CLIENT))
+    lab.add_host(ipaddress.ip_address(SERVER))
+    lab.start_responders([80])
+    lab.load(script)
+    return client, cluster_ip(services - 1)  # the last one added
+
+
+def measure(sizes: list[int], connects: int, rounds: int = 10) -> dict[int, list[float]]:
+    """Connect times per size, the sizes measured in turns so that the machine's
+    drift over time falls on all of them alike."""
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    with contextlib.ExitStack() as stack:
+        labs = {n: _lab(n, stack) for n in sizes}
+        for client, target in labs.values():
+            connect_times(client, target, 200)  # warm up caches, neighbours, conntrack
+        for _ in range(rounds):
+            for n, (client, target) in labs.items():
+                times[n] += connect_times(client, target, connects // rounds)
+    return times
 
 
 def main() -> int:
@@ -109,12 +123,13 @@ def main() -> int:
     parser.add_argument("--connects", type=int, default=2000)
     args = parser.parse_args()
     sizes = [int(x) for x in args.services.split(",")]
-    p50s = {}
+    times = measure(sizes, args.connects)
     print(f"{'services':>8} {'p50 us':>8} {'p99 us':>8}")
+    p50s = {}
     for n in sizes:
-        p50, p99 = measure(n, args.connects)
-        p50s[n] = p50
-        print(f"{n:>8} {p50:>8.1f} {p99:>8.1f}", flush=True)
+        ordered = sorted(times[n])
+        p50s[n] = statistics.median(ordered)
+        print(f"{n:>8} {p50s[n]:>8.1f} {ordered[int(len(ordered) * 0.99)]:>8.1f}")
     print(f"p50 ratio {max(sizes)}/{min(sizes)}: {p50s[max(sizes)] / p50s[min(sizes)]:.3f}")
     return 0
 

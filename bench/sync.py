@@ -1,23 +1,25 @@
 """Kernel sync at scale: full apply, a restarted proxy's apply, diff; prints the figures.
 
-    python bench/sync.py [--services 10000,44000] [--endpoints 3]
+    python bench/sync.py [--services 10000,44000] [--endpoints 3] [--runs 3]
 
 For each size, in a scratch namespace: a full apply on an empty kernel; an apply
 by a fresh process-like state (new libnftables context, nothing remembered) over
 the up-to-date table with one endpoint changed, with the objects its transaction
 touches; and a diff against the kernel. Times are end to end (read, parse, plan,
-apply). Needs root.
+apply), medians of --runs. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cluster import NODE_IP, NODE_NAME, cluster
 
@@ -32,6 +34,7 @@ from nftproxy.report import differences
 from nftproxy.state import compute_state
 from nftproxy.sync import desired_tables, plan_all, read_tables, sync
 
+T = TypeVar("T")
 NODE = NodeConfig(
     NODE_NAME,
     (ipaddress.ip_address(NODE_IP),),
@@ -57,41 +60,60 @@ def one_endpoint_changed(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def measure(services: int, endpoints: int) -> None:
+def _timed(fn: Callable[[], T]) -> tuple[float, T]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def one_run(base: Ruleset, changed: Ruleset) -> dict[str, Any]:
+    """Every figure once, in a fresh namespace."""
+    with Lab("bench-sync") as lab, tempfile.TemporaryDirectory() as tmp:
+        full, _ = _timed(lambda: sync(Libnftables(lab.node), base))
+        # A fresh context, nothing remembered: what a restarted proxy without a checkpoint does.
+        restart, result = _timed(lambda: sync(Libnftables(lab.node), changed))
+        cp = Path(tmp) / "checkpoint"
+        sync(Libnftables(lab.node), base, checkpoint=cp)
+        with_cp, cp_result = _timed(lambda: sync(Libnftables(lab.node), changed, checkpoint=cp))
+        assert cp_result.from_checkpoint
+
+        def diff() -> int:
+            desired, current = desired_tables(base), read_tables(Libnftables(lab.node))
+            return len(differences(plan_all(desired, current), desired, current))
+
+        diff_s, diffs = _timed(diff)
+    elements = sum(
+        len(c.elements)
+        for tx in result.transactions
+        for c in tx.changes
+        if isinstance(c, (AddElements, DeleteElements))
+    )
+    changes = sum(len(tx.changes) for tx in result.transactions)
+    return {
+        "full": full,
+        "restart": restart,
+        "checkpoint": with_cp,
+        "diff": diff_s,
+        "changes": changes,
+        "elements": elements,
+        "summary": str(result.summary),
+        "diffs": diffs,
+    }
+
+
+def measure(services: int, endpoints: int, runs: int) -> None:
     base = ruleset(cluster(services, endpoints))
     changed = ruleset(one_endpoint_changed(cluster(services, endpoints)))
-    with Lab("bench-sync") as lab:
-        start = time.perf_counter()
-        sync(Libnftables(lab.node), base)
-        full = time.perf_counter() - start
+    results = [one_run(base, changed) for _ in range(runs)]
 
-        start = time.perf_counter()
-        result = sync(Libnftables(lab.node), changed)  # a fresh context: nothing remembered
-        restart = time.perf_counter() - start
+    def med(key: str) -> float:
+        return float(statistics.median(r[key] for r in results))
 
-        with tempfile.TemporaryDirectory() as tmp:
-            cp = Path(tmp) / "checkpoint"
-            sync(Libnftables(lab.node), base, checkpoint=cp)
-            start = time.perf_counter()
-            with_cp = sync(Libnftables(lab.node), changed, checkpoint=cp)
-            restart_cp = time.perf_counter() - start
-            assert with_cp.from_checkpoint
-        elements = sum(
-            len(c.elements)
-            for tx in result.transactions
-            for c in tx.changes
-            if isinstance(c, (AddElements, DeleteElements))
-        )
-        changes = sum(len(tx.changes) for tx in result.transactions)
-
-        start = time.perf_counter()
-        kernel = Libnftables(lab.node)
-        desired, current = desired_tables(base), read_tables(kernel)
-        diffs = differences(plan_all(desired, current), desired, current)
-        diff = time.perf_counter() - start
+    r = results[0]
     print(
-        f"{services:>8} {full:>9.2f} {restart:>11.2f} {restart_cp:>14.2f} {changes:>8} "
-        f"{elements:>9} {result.summary!s:>32} {diff:>7.2f} {len(diffs):>6}",
+        f"{services:>8} {med('full'):>9.2f} {med('restart'):>11.2f} {med('checkpoint'):>14.2f} "
+        f"{r['changes']:>8} {r['elements']:>9} {r['summary']:>32} {med('diff'):>7.2f} "
+        f"{r['diffs']:>6}",
         flush=True,
     )
 
@@ -102,13 +124,14 @@ def main() -> int:
     )
     parser.add_argument("--services", default="10000,44000")
     parser.add_argument("--endpoints", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     print(
         f"{'services':>8} {'full s':>9} {'restart s':>11} {'checkpoint s':>14} {'changes':>8} "
         f"{'elements':>9} {'objects':>32} {'diff s':>7} {'diffs':>6}"
     )
     for n in (int(x) for x in args.services.split(",")):
-        measure(n, args.endpoints)
+        measure(n, args.endpoints, args.runs)
     return 0
 
 

@@ -58,29 +58,45 @@ def _load_all(desired: Table) -> list[Change]:
     return changes
 
 
+_ABSENT = object()
+
+
 def _element_diff(want: Set, have: Set) -> tuple[tuple[Element, ...], tuple[Element, ...]]:
     """Elements to delete from and to add to have, so that it holds want's."""
     if want.dynamic or want.name == names.APPLIED:  # the kernel's, or sync's own marker
         return (), ()
     have_by_key = {e.key: e.value for e in have.elements}
     want_by_key = {e.key: e.value for e in want.elements}
-    stale = tuple(e for e in have.elements if want_by_key.get(e.key, e) != e.value)
-    fresh = tuple(e for e in want.elements if have_by_key.get(e.key, e) != e.value)
+    stale = tuple(e for e in have.elements if want_by_key.get(e.key, _ABSENT) != e.value)
+    fresh = tuple(e for e in want.elements if have_by_key.get(e.key, _ABSENT) != e.value)
     return stale, fresh
 
 
-def _diff(desired: Table, current: Table) -> list[Change]:
-    want_sets = {s.name: s for s in desired.sets}
-    have_sets = {s.name: s for s in current.sets}
-    want_chains = {c.name: c for c in desired.chains}
-    have_chains = {c.name: c for c in current.chains}
+@dataclass
+class _Scope:
+    """What a diff replaces: sets made anew or dropped, chains dropped or rewritten."""
 
-    recreate_sets = {
+    recreate_sets: set[str]
+    drop_sets: set[str]
+    drop_chains: set[str]
+    rewrite: set[str]
+
+    @property
+    def replaced_sets(self) -> set[str]:
+        return self.recreate_sets | self.drop_sets
+
+
+def _scope(
+    want_sets: dict[str, Set],
+    have_sets: dict[str, Set],
+    want_chains: dict[str, Chain],
+    have_chains: dict[str, Chain],
+) -> _Scope:
+    recreate = {
         n
         for n, s in have_sets.items()
         if n in want_sets and _definition(s) != _definition(want_sets[n])
     }
-    drop_sets = set(have_sets) - set(want_sets)
     drop_chains = {
         n for n, c in have_chains.items() if n not in want_chains or c.base != want_chains[n].base
     }
@@ -94,7 +110,8 @@ def _diff(desired: Table, current: Table) -> list[Change]:
             and (c.rules != have_chains[n].rules or set(set_references(c)) & replaced)
         }
 
-    rewrite = rewritten(recreate_sets | drop_sets)
+    drop_sets = set(have_sets) - set(want_sets)
+    rewrite = rewritten(recreate | drop_sets)
     # nft 1.0.6 refuses a new "dnat to ... map @m" rule when @m was made by an earlier
     # transaction and its typeof value holds "th dport" ("conflicting protocols
     # specified: tcp vs. th"); made in the same transaction, it is accepted. So a
@@ -105,21 +122,20 @@ def _diff(desired: Table, current: Table) -> list[Change]:
         if n in rewrite or n not in have_chains or n in drop_chains
     ]
     dnat_maps = {t.map for c in written for r in c.rules for t in r.terms if isinstance(t, DnatMap)}
-    if dnat_maps & (set(have_sets) - recreate_sets):
-        recreate_sets |= dnat_maps & set(have_sets)
-        rewrite = rewritten(recreate_sets | drop_sets)
-    replaced_sets = recreate_sets | drop_sets
-    # Chains that go or change, and everything that uses a set that goes, lose their rules first.
-    flush = sorted(
-        rewrite
-        | {n for n in drop_chains if have_chains[n].rules}
-        | {n for n, c in have_chains.items() if set(set_references(c)) & replaced_sets}
-    )
+    if dnat_maps & (set(have_sets) - recreate):
+        recreate |= dnat_maps & set(have_sets)
+        rewrite = rewritten(recreate | drop_sets)
+    return _Scope(recreate, drop_sets, drop_chains, rewrite)
 
+
+def _element_changes(
+    want_sets: dict[str, Set], have_sets: dict[str, Set], recreated: set[str]
+) -> tuple[list[Change], list[Change]]:
+    """Element deletions and additions, for the sets that stay."""
     stale: list[Change] = []
     fresh: list[Change] = []
     for name, want in want_sets.items():
-        if name in have_sets and name not in recreate_sets:
+        if name in have_sets and name not in recreated:
             out, add = _element_diff(want, have_sets[name])
             if out:
                 stale.append(DeleteElements(want, out))
@@ -127,22 +143,37 @@ def _diff(desired: Table, current: Table) -> list[Change]:
                 fresh.append(AddElements(want, add))
         elif want.elements:
             fresh.append(AddElements(want, want.elements))
+    return stale, fresh
 
-    new_chains = [
-        c
-        for c in ordered_chains(desired.chains)
-        if c.name not in have_chains or c.name in drop_chains
-    ]
+
+def _diff(desired: Table, current: Table) -> list[Change]:
+    want_sets = {s.name: s for s in desired.sets}
+    have_sets = {s.name: s for s in current.sets}
+    want_chains = {c.name: c for c in desired.chains}
+    have_chains = {c.name: c for c in current.chains}
+    scope = _scope(want_sets, have_sets, want_chains, have_chains)
+    replaced = scope.replaced_sets
+    # Chains that go or change, and everything that uses a set that goes, lose their rules first.
+    flush = sorted(
+        scope.rewrite
+        | {n for n in scope.drop_chains if have_chains[n].rules}
+        | {n for n, c in have_chains.items() if set(set_references(c)) & replaced}
+    )
+    stale, fresh = _element_changes(want_sets, have_sets, scope.recreate_sets)
+    ordered = ordered_chains(desired.chains)
+    new_chains = [c for c in ordered if c.name not in have_chains or c.name in scope.drop_chains]
     changes: list[Change] = [FlushChain(n) for n in flush]
     changes += stale
-    changes += [DeleteSet(n) for n in sorted(replaced_sets)]
-    changes += [DeleteChain(n) for n in sorted(drop_chains)]
-    changes += [AddSet(want_sets[n]) for n in want_sets if n not in have_sets or n in recreate_sets]
+    changes += [DeleteSet(n) for n in sorted(replaced)]
+    changes += [DeleteChain(n) for n in sorted(scope.drop_chains)]
+    changes += [
+        AddSet(s) for n, s in want_sets.items() if n not in have_sets or n in scope.recreate_sets
+    ]
     changes += [AddChain(c) for c in new_chains]
     changes += [
         AddRule(c.name, r)
-        for c in ordered_chains(desired.chains)
-        if c.name in rewrite or c in new_chains
+        for c in ordered
+        if c.name in scope.rewrite or c in new_chains
         for r in c.rules
     ]
     changes += fresh
