@@ -143,8 +143,3 @@ class Libnftables:
             if "set" in obj or "map" in obj:
                 return parse_set(obj.get("set") or obj["map"])
         return None
-
-    def list_tables(self) -> list[tuple[str, str]]:
-        """(family, name) of every table."""
-        out = orjson.loads(self._cmd("list tables", as_json=True))
-        return [(o["table"]["family"], o["table"]["name"]) for o in out["nftables"] if "table" in o]
