@@ -5,8 +5,9 @@
 For each size, in a scratch namespace: a full apply on an empty kernel; an apply
 by a fresh process-like state (new libnftables context, nothing remembered) over
 the up-to-date table with one endpoint changed, with the objects its transaction
-touches; and a diff against the kernel. Times are end to end (read, parse, plan,
-apply), medians of --runs. Needs root.
+touches; reading the table back over netlink; a diff against the kernel (read,
+plan, report), and the same diff reading through nft's JSON listing instead.
+Times are end to end (read, parse, plan, apply), medians of --runs. Needs root.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from nftproxy.lab.netns import Lab
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.model import Ruleset
 from nftproxy.nft.transaction import AddElements, DeleteElements
-from nftproxy.report import differences
 from nftproxy.state import compute_state
-from nftproxy.sync import desired_tables, plan_all, read_tables, sync
+from nftproxy.sync import drift, read_tables, sync
 
 T = TypeVar("T")
 NODE = NodeConfig(
@@ -77,11 +77,10 @@ def one_run(base: Ruleset, changed: Ruleset) -> dict[str, Any]:
         with_cp, cp_result = _timed(lambda: sync(Libnftables(lab.node), changed, checkpoint=cp))
         assert cp_result.from_checkpoint
 
-        def diff() -> int:
-            desired, current = desired_tables(base), read_tables(Libnftables(lab.node))
-            return len(differences(plan_all(desired, current), desired, current))
-
-        diff_s, diffs = _timed(diff)
+        diff_s, diffs = _timed(lambda: len(drift(Libnftables(lab.node), base)))
+        diff_nft, nft_diffs = _timed(lambda: len(drift(Libnftables(lab.node), base, via_nft=True)))
+        read_s, _ = _timed(lambda: read_tables(Libnftables(lab.node)))
+        assert diffs == nft_diffs
     elements = sum(
         len(c.elements)
         for tx in result.transactions
@@ -94,6 +93,8 @@ def one_run(base: Ruleset, changed: Ruleset) -> dict[str, Any]:
         "restart": restart,
         "checkpoint": with_cp,
         "diff": diff_s,
+        "diff_nft": diff_nft,
+        "read": read_s,
         "changes": changes,
         "elements": elements,
         "summary": str(result.summary),
@@ -112,8 +113,8 @@ def measure(services: int, endpoints: int, runs: int) -> None:
     r = results[0]
     print(
         f"{services:>8} {med('full'):>9.2f} {med('restart'):>11.2f} {med('checkpoint'):>14.2f} "
-        f"{r['changes']:>8} {r['elements']:>9} {r['summary']:>32} {med('diff'):>7.2f} "
-        f"{r['diffs']:>6}",
+        f"{r['changes']:>8} {r['elements']:>9} {r['summary']:>32} {med('read'):>7.2f} "
+        f"{med('diff'):>7.2f} {r['diffs']:>6} {med('diff_nft'):>13.2f}",
         flush=True,
     )
 
@@ -128,7 +129,8 @@ def main() -> int:
     args = parser.parse_args()
     print(
         f"{'services':>8} {'full s':>9} {'restart s':>11} {'checkpoint s':>14} {'changes':>8} "
-        f"{'elements':>9} {'objects':>32} {'diff s':>7} {'diffs':>6}"
+        f"{'elements':>9} {'objects':>32} {'read s':>7} {'diff s':>7} {'diffs':>6} "
+        f"{'diff via nft':>13}"
     )
     for n in (int(x) for x in args.services.split(",")):
         measure(n, args.endpoints, args.runs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from nftproxy.config import NodeConfig
 from nftproxy.manifests import Loaded, load_objects
+from nftproxy.nft.model import Table
 from nftproxy.state import ProxyState, compute_state
 
 NODE_FLAGS = [
@@ -93,3 +95,11 @@ def state_of(*docs: dict[str, Any], node: NodeConfig = NODE) -> ProxyState:
     load_objects(iter(docs), "test", loaded)
     assert not [p for p in loaded.problems if not p.note], loaded.problems
     return compute_state(loaded.objects, node)
+
+
+def comparable(t: Table | None) -> Table | None:
+    """A table with its elements in key order (the kernel's dump order is its own)."""
+    if t is None:
+        return None
+    sets = tuple(replace(s, elements=tuple(sorted(s.elements))) for s in t.sets)
+    return replace(t, sets=sets)

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import comparable
 
 from nftproxy.build import build
 from nftproxy.cli import node_config, parser
@@ -69,4 +70,9 @@ def test_goldens_read_back_equal_the_builder() -> None:
             args = parser().parse_args(["render", "-f", str(folder), *flags])
             ruleset = build(compute_state(load_paths([folder]).objects, node_config(args)))
             lab.load((folder / "ruleset.nft").read_text())
-            assert not plan_all(desired_tables(ruleset), read_tables(kernel)), folder.name
+            current = read_tables(kernel)
+            assert not plan_all(desired_tables(ruleset), current), folder.name
+            by_nft = read_tables(kernel, via_nft=True)
+            assert {f: comparable(t) for f, t in current.items()} == {
+                f: comparable(t) for f, t in by_nft.items()
+            }, folder.name

@@ -19,7 +19,7 @@ def delete_tables(kernel: Kernel, table: str) -> list[str]:
     """Delete one table name in both families; returns what was there."""
     gone = []
     for family in Family:
-        if kernel.list_table(family, table) is not None:
+        if table in kernel.tables(family):
             kernel.run(f"delete table {family.value} {table}\n")
             gone.append(f"table {family.value} {table}")
     return gone

@@ -1,8 +1,12 @@
-"""The one seam to the kernel: run nft text, list a table as JSON. Through libnftables.
+"""The one seam to the kernel: run nft text through libnftables; read tables back.
 
-Everything above this module is pure and tested without root; this module is
-tested with root in network namespaces. Errors from libnftables are mapped to
-typed errors in one function, :func:`classify`.
+Changes go through libnftables (nft syntax, one atomic transaction each).
+Reading goes over netlink (:mod:`nftproxy.nft.read`): nft's own listing costs
+about 12 microseconds per set element in user space, 1.2 s for 10,000 Services
+before it prints anything. nft's JSON listing stays available as a second
+opinion (``diff --reader nft``). Everything above this module is pure and tested
+without root; this module is tested with root in network namespaces. Errors from
+libnftables are mapped to typed errors in one function, :func:`classify`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from nftproxy.nft.model import Family, Set
-from nftproxy.nft.parse import parse_set
+from nftproxy.nft.model import Family, Set, Table
+from nftproxy.nft.read import TableReader, table_names
+from nftproxy.nft.wire import Socket
 
 
 class ErrorKind(StrEnum):
@@ -66,11 +71,17 @@ class Kernel(Protocol):
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction; raise NftError if refused."""
 
+    def read_table(self, family: Family, name: str) -> Table | None:
+        """The table as the kernel holds it, or None when it is absent."""
+
+    def read_set(self, family: Family, table: str, name: str) -> Set | None:
+        """One set with its elements, or None when it (or its table) is absent."""
+
+    def tables(self, family: Family) -> set[str]:
+        """The names of the tables in a family."""
+
     def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
         """``nft -j list table`` as parsed JSON, or None when the table is absent."""
-
-    def list_set(self, family: Family, table: str, name: str) -> Set | None:
-        """One set with its elements, or None when it (or its table) is absent."""
 
 
 @contextlib.contextmanager
@@ -90,8 +101,8 @@ def in_netns(netns: str | None) -> Iterator[None]:
 class Libnftables:
     """The real kernel, through Debian's libnftables binding.
 
-    With ``netns`` the netlink socket is opened inside that network namespace
-    (libnftables binds it when the context is made) and stays there.
+    With ``netns`` both netlink sockets (libnftables' and the reader's) are opened
+    inside that network namespace when the object is made, and stay there.
     """
 
     def __init__(self, netns: str | None = None) -> None:
@@ -99,6 +110,7 @@ class Libnftables:
 
         with in_netns(netns):
             self._nft = nftables.Nftables()
+            self._sock = Socket()
         self._nft.set_handle_output(False)
 
     def _cmd(self, text: str, *, as_json: bool = False) -> str:
@@ -136,10 +148,14 @@ class Libnftables:
         """The table as nft's JSON, or None when it does not exist."""
         return self._list(f"table {family.value} {name}")
 
-    def list_set(self, family: Family, table: str, name: str) -> Set | None:
-        """One set with its elements, or None when it (or its table) is absent."""
-        listing = self._list(f"set {family.value} {table} {name}")
-        for obj in (listing or {}).get("nftables", []):
-            if "set" in obj or "map" in obj:
-                return parse_set(obj.get("set") or obj["map"])
-        return None
+    def read_table(self, family: Family, name: str) -> Table | None:
+        """The table as the kernel holds it, read over netlink."""
+        return TableReader(self._sock, family, name).read()
+
+    def read_set(self, family: Family, table: str, name: str) -> Set | None:
+        """One set with its elements, read over netlink."""
+        return TableReader(self._sock, family, table).read_set(name)
+
+    def tables(self, family: Family) -> set[str]:
+        """The names of the tables in a family."""
+        return table_names(self._sock, family)

@@ -13,8 +13,7 @@ from nftproxy.cli import desired, status
 from nftproxy.conntrack import delete_stale
 from nftproxy.features import missing_features
 from nftproxy.kernel import Libnftables
-from nftproxy.report import differences
-from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
+from nftproxy.sync import drift, sync, sync_with_retries
 
 
 def _kernel(args: argparse.Namespace) -> Libnftables:
@@ -63,10 +62,7 @@ def diff(args: argparse.Namespace) -> int:
     wanted = desired(args)
     if wanted is None:
         return 2
-    kernel = _kernel(args)
-    current = read_tables(kernel)
-    want = desired_tables(wanted[0])
-    diffs = differences(plan_all(want, current), want, current)
+    diffs = drift(_kernel(args), wanted[0], via_nft=args.reader == "nft")
     if args.json:
         print(json.dumps(report.as_dicts(diffs), indent=1))
     else:

@@ -164,13 +164,14 @@ class SetUpdate:
 
 @dataclass(frozen=True)
 class Raw:
-    """A term read from the kernel that nftproxy does not write (kept as nft's JSON).
+    """A term read from the kernel that nftproxy does not write, kept as text (the
+    netlink expression's kind and attributes, or nft's JSON).
 
     Only ever found in live state; it never equals a desired term, so a rule
     holding one shows up as changed.
     """
 
-    json: str
+    text: str
 
 
 Term = (

@@ -129,7 +129,7 @@ def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branc
     if isinstance(term, SetUpdate):
         return f"update @{term.set} {{ {render_key(term.key, family)} }}"
     if isinstance(term, Raw):
-        return f"<not written by nftproxy: {term.json}>"
+        return f"<not written by nftproxy: {term.text}>"
     raise TypeError(f"unknown rule term {term!r}")
 
 

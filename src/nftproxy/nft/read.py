@@ -1,0 +1,347 @@
+"""One table read back over netlink into the typed objects the builder makes.
+
+Chains, sets, elements and rules come in four dumps; the ruleset generation is
+read before and after, and a table that changed in between is read again, so
+the result is one consistent state. The elements of dynamic sets (client
+affinity) are the kernel's own and are not read; the elements of interval sets
+are put back together from the kernel's start and end points.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import tenacity
+
+from nftproxy.gcpause import paused_gc
+from nftproxy.nft import values
+from nftproxy.nft.expressions import Rules, verdict
+from nftproxy.nft.model import (
+    BaseHook,
+    Chain,
+    ChainType,
+    DataType,
+    Element,
+    Family,
+    Hook,
+    Rule,
+    Set,
+    Table,
+    Value,
+)
+from nftproxy.nft.wire import (
+    FAMILIES,
+    Attrs,
+    DumpInterruptedError,
+    Message,
+    NetlinkError,
+    Socket,
+    attribute_list,
+    attributes,
+    be32,
+    be32_signed,
+    data_value,
+    string,
+    text,
+)
+
+TABLE_NAME = 1
+CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_TYPE = 1, 3, 4, 7
+HOOK_NUM, HOOK_PRIORITY = 1, 2
+SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
+SET_DATA_TYPE, SET_DATA_LEN, SET_TIMEOUT, SET_USERDATA = 6, 7, 11, 13
+ELEM_LIST_TABLE, ELEM_LIST_SET, ELEM_LIST_ELEMENTS = 1, 2, 3
+ELEM_KEY, ELEM_DATA, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END = 1, 2, 3, 6, 10
+RULE_TABLE, RULE_CHAIN, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 4, 7
+EXPR_NAME, EXPR_DATA = 1, 2
+GEN_ID = 1
+
+SET_ANONYMOUS, SET_INTERVAL, SET_MAP, SET_TIMEOUT_FLAG, SET_EVAL = 0x1, 0x4, 0x8, 0x10, 0x20
+ELEM_INTERVAL_END = 0x1
+DATA_VERDICT = 0xFFFFFF00
+# Type numbers inside nft's user data (libnftnl's include/udata.h).
+UDATA_SET_COMMENT = 7
+UDATA_COMMENT = 0  # of rules and elements
+HOOKS = dict(enumerate(Hook))  # NF_INET_PRE_ROUTING .. NF_INET_POST_ROUTING
+READ_ATTEMPTS = 30
+
+
+def comment(userdata: bytes | None, kind: int) -> str | None:
+    """The comment in nft's user data TLVs, if any."""
+    offset, data = 0, userdata or b""
+    while offset + 2 <= len(data):
+        tlv, length = data[offset], data[offset + 1]
+        if tlv == kind:
+            return text(data[offset + 2 : offset + 2 + length])
+        offset += 2 + length
+    return None
+
+
+@dataclass(frozen=True)
+class _SetInfo:
+    """A set's definition as the kernel holds it, with what decoding its elements needs."""
+
+    set: Set
+    flags: int
+    key_len: int
+    data_len: int
+
+
+class TableReader:
+    """Reads one table of one family through a netlink socket."""
+
+    def __init__(self, sock: Socket, family: Family, name: str) -> None:
+        self.sock = sock
+        self.family = family
+        self.name = name
+        self.af = FAMILIES[family]
+
+    def read(self) -> Table | None:
+        """The table, or None when it does not exist; consistent across the dumps.
+
+        The generation is the kernel's, for every table of every owner: a read that
+        overlapped anybody's commit is made again, after a short random pause.
+        """
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(READ_ATTEMPTS),
+            wait=tenacity.wait_random(0, 0.05),
+            retry=tenacity.retry_if_exception_type(DumpInterruptedError),
+            reraise=True,
+        )
+        with paused_gc():
+            table: Table | None = retrying(self._consistent)
+        return table
+
+    def _consistent(self) -> Table | None:
+        before = self._generation()
+        table = self._read()
+        if self._generation() != before:
+            raise DumpInterruptedError
+        return table
+
+    def read_set(self, name: str) -> Set | None:
+        """One named set with its elements, or None when it or the table is absent."""
+        request = {SET_TABLE: string(self.name)}
+        for info in (self._set(a) for a in self._dump(Message.GETSET, request, SET_TABLE)):
+            if info.set.name == name and not info.flags & SET_ANONYMOUS:
+                return self._with_elements(info)
+        return None
+
+    def _generation(self) -> int:
+        (body,) = self.sock.dump(Message.GETGEN, 0, {}, dump=False)
+        return be32(attributes(body)[GEN_ID])
+
+    def _bodies(self, message: Message, attrs: dict[int, bytes]) -> list[bytes]:
+        """A dump's replies; none when what it names is gone (the generation tells)."""
+        try:
+            return self.sock.dump(message, self.af, attrs)
+        except NetlinkError as err:
+            if err.errno == errno.ENOENT:
+                return []
+            raise
+
+    def _dump(self, message: Message, attrs: dict[int, bytes], table_attr: int) -> list[Attrs]:
+        out = [attributes(b) for b in self._bodies(message, attrs)]
+        return [a for a in out if text(a.get(table_attr, b"")) == self.name]
+
+    def _read(self) -> Table | None:
+        tables = self._dump(Message.GETTABLE, {}, TABLE_NAME)
+        if not tables:
+            return None
+        infos = [
+            self._set(a)
+            for a in self._dump(Message.GETSET, {SET_TABLE: string(self.name)}, SET_TABLE)
+        ]
+        named = [i for i in infos if not i.flags & SET_ANONYMOUS]
+        anonymous = {
+            i.set.name: tuple(e.key[0] for e in _decode(i, self.family, self._elements(i), True))
+            for i in infos
+            if i.flags & SET_ANONYMOUS and len(i.set.key) == 1
+        }
+        sets = tuple(self._with_elements(i) for i in named)
+        rules = Rules(self.family, {i.set.name: i.key_len for i in infos}, anonymous)
+        return Table(self.family, self.name, self._chains(rules), sets)
+
+    def _set(self, a: Attrs) -> _SetInfo:
+        flags = be32(a.get(SET_FLAGS, b"\0" * 4))
+        data_type = be32(a[SET_DATA_TYPE]) if SET_DATA_TYPE in a else None
+        value: tuple[DataType, ...] = ()
+        if flags & SET_MAP and data_type is not None:
+            value = (
+                (DataType.VERDICT,) if data_type == DATA_VERDICT else values.datatypes(data_type)
+            )
+        timeout = int.from_bytes(a[SET_TIMEOUT], "big") // 1000 if SET_TIMEOUT in a else None
+        definition = Set(
+            name=text(a[SET_NAME]),
+            key=values.datatypes(be32(a[SET_KEY_TYPE])),
+            value=value,
+            interval=bool(flags & SET_INTERVAL),
+            timeout=timeout,
+            dynamic=bool(flags & (SET_EVAL | SET_TIMEOUT_FLAG)),
+            comment=comment(a.get(SET_USERDATA), UDATA_SET_COMMENT),
+        )
+        return _SetInfo(
+            definition, flags, be32(a[SET_KEY_LEN]), be32(a.get(SET_DATA_LEN, b"\0" * 4))
+        )
+
+    def _with_elements(self, info: _SetInfo) -> Set:
+        s = info.set
+        if s.dynamic:
+            return s
+        elements = tuple(_decode(info, self.family, self._elements(info)))
+        return Set(s.name, s.key, s.value, s.interval, s.timeout, s.dynamic, elements, s.comment)
+
+    def _elements(self, info: _SetInfo) -> list[Attrs]:
+        """The attributes of each of a set's elements, as dumped."""
+        request = {ELEM_LIST_TABLE: string(self.name), ELEM_LIST_SET: string(info.set.name)}
+        out: list[Attrs] = []
+        for body in self._bodies(Message.GETSETELEM, request):
+            nested = attributes(body).get(ELEM_LIST_ELEMENTS)
+            out += map(attributes, attribute_list(nested or b""))
+        return out
+
+    def _chains(self, rules: Rules) -> tuple[Chain, ...]:
+        found: dict[str, list[Rule]] = defaultdict(list)
+        request = {RULE_TABLE: string(self.name)}
+        for a in self._dump(Message.GETRULE, request, RULE_TABLE):
+            expressions = [_expression(e) for e in attribute_list(a.get(RULE_EXPRESSIONS, b""))]
+            rule = Rule(rules.terms(expressions), comment(a.get(RULE_USERDATA), UDATA_COMMENT))
+            found[text(a[RULE_CHAIN])].append(rule)
+        chains = self._dump(Message.GETCHAIN, {CHAIN_TABLE: string(self.name)}, CHAIN_TABLE)
+        return tuple(
+            Chain(text(a[CHAIN_NAME]), tuple(found[text(a[CHAIN_NAME])]), _base(a)) for a in chains
+        )
+
+
+def _expression(nest: bytes) -> tuple[str, dict[int, bytes]]:
+    a = attributes(nest)
+    return text(a[EXPR_NAME]), attributes(a.get(EXPR_DATA, b""))
+
+
+def _base(a: Attrs) -> BaseHook | None:
+    if CHAIN_HOOK not in a:
+        return None
+    hook = attributes(a[CHAIN_HOOK])
+    return BaseHook(
+        ChainType(text(a[CHAIN_TYPE])),
+        HOOKS[be32(hook[HOOK_NUM])],
+        be32_signed(hook[HOOK_PRIORITY]),
+    )
+
+
+def _key(a: Attrs, kind: int = ELEM_KEY) -> bytes:
+    return data_value(a[kind])
+
+
+def _memo(kind: DataType, family: Family) -> Callable[[bytes], str]:
+    """values.scalar for one type; remembered unless addresses (which rarely repeat)."""
+    if kind == DataType.ADDR:
+        return partial(socket.inet_ntop, FAMILIES[family])
+    cache: dict[bytes, str] = {}
+
+    def decode(raw: bytes) -> str:
+        found = cache.get(raw)
+        if found is None:
+            found = cache[raw] = values.scalar(kind, family, raw)
+        return found
+
+    return decode
+
+
+def _tuple_decoder(
+    kinds: tuple[DataType, ...], family: Family, total: int
+) -> Callable[[bytes], tuple[str, ...]]:
+    """Decodes a key or value of these types into its components' text."""
+    parts = [
+        (_memo(k, family), o, o + n)
+        for k, (o, n) in zip(kinds, values.layout(kinds, family, total), strict=True)
+    ]
+    if len(parts) == 1:
+        single, _, end = parts[0]
+        return lambda raw: (single(raw[:end]),)
+    return lambda raw: tuple([decode(raw[o:end]) for decode, o, end in parts])
+
+
+def _value_decoder(info: _SetInfo, family: Family) -> Callable[[bytes | None], Value | None]:
+    """Decodes a map element's data nest (None for sets)."""
+    if not info.set.value:
+        return lambda nest: None
+    if info.set.value == (DataType.VERDICT,):
+        cache: dict[bytes | None, Value] = {}
+
+        def verdict_value(nest: bytes | None) -> Value | None:
+            found = cache.get(nest)
+            if found is None:
+                kind, chain = verdict(nest or b"")
+                found = cache[nest] = (kind.value, chain) if chain else (kind.value,)
+            return found
+
+        return verdict_value
+    data = _tuple_decoder(info.set.value, family, info.data_len)
+    return lambda nest: data(data_value(nest or b""))
+
+
+def _decode(
+    info: _SetInfo, family: Family, raw: list[Attrs], ordered: bool = False
+) -> Iterable[Element]:
+    """A set's dumped elements as Elements (in key order with ``ordered``)."""
+    if info.set.interval:
+        return _intervals(info, family, raw)
+    if ordered:
+        raw = sorted(raw, key=_key)
+    key = _tuple_decoder(info.set.key, family, info.key_len)
+    value = _value_decoder(info, family)
+    return [
+        Element(
+            key(data_value(a[ELEM_KEY])),
+            value(a.get(ELEM_DATA)),
+            comment(a[ELEM_USERDATA], UDATA_COMMENT) if ELEM_USERDATA in a else None,
+        )
+        for a in raw
+    ]
+
+
+def _intervals(info: _SetInfo, family: Family, raw: list[Attrs]) -> Iterable[Element]:
+    """Interval elements as nft prints them: from each element's inclusive end
+    (concatenations), or from the sorted start and end points (single ranges)."""
+    kinds = info.set.key
+    layout = list(zip(kinds, values.layout(kinds, family, info.key_len), strict=True))
+    value = _value_decoder(info, family)
+    for low, high, a in _ranges(info, raw):
+        key = tuple(values.span(k, family, low[o : o + n], high[o : o + n]) for k, (o, n) in layout)
+        yield Element(key, value(a.get(ELEM_DATA)), comment(a.get(ELEM_USERDATA), UDATA_COMMENT))
+
+
+def _ranges(info: _SetInfo, raw: list[Attrs]) -> Iterable[tuple[bytes, bytes, Attrs]]:
+    """(first, last, element) of each interval, both inclusive."""
+    if len(info.set.key) > 1:
+        for a in raw:
+            low = _key(a)
+            yield low, _key(a, ELEM_KEY_END) if ELEM_KEY_END in a else low, a
+        return
+
+    def is_end(a: Attrs) -> bool:
+        return bool(be32(a.get(ELEM_FLAGS, b"\0" * 4)) & ELEM_INTERVAL_END)
+
+    points = sorted(raw, key=lambda a: (_key(a), not is_end(a)))
+    width = info.key_len
+    for i, a in enumerate(points):
+        if is_end(a):
+            continue
+        nxt = points[i + 1] if i + 1 < len(points) else None
+        last = (1 << (8 * width)) - 1
+        if nxt is not None and is_end(nxt):
+            last = int.from_bytes(_key(nxt), "big") - 1
+        yield _key(a), last.to_bytes(width, "big"), a
+
+
+def table_names(sock: Socket, family: Family) -> set[str]:
+    """The names of a family's tables."""
+    return {
+        text(attributes(b)[TABLE_NAME]) for b in sock.dump(Message.GETTABLE, FAMILIES[family], {})
+    }

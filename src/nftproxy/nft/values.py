@@ -1,0 +1,92 @@
+"""Kernel bytes to the text nftproxy's objects hold: addresses, protocols, ports, ranges.
+
+One function per direction of reading; used for set elements and for the
+constants in rules. The text is what :mod:`nftproxy.build` writes (canonical
+addresses, protocol names, decimal ports), so read-back objects compare equal.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from nftproxy.nft.model import DataType, Family
+
+# nft's datatype numbers (nftables' include/datatype.h), as stored in a set's key type.
+TYPE_BITS = 6
+DATATYPES = {
+    1: DataType.VERDICT,
+    4: DataType.INDEX,
+    7: DataType.ADDR,
+    8: DataType.ADDR,
+    12: DataType.PROTO,
+    13: DataType.SERVICE,
+}
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+ADDR_SIZE = {Family.IP: 4, Family.IP6: 16}
+_INET = {Family.IP: socket.AF_INET, Family.IP6: socket.AF_INET6}
+_SIZES = {DataType.PROTO: 1, DataType.SERVICE: 2, DataType.INDEX: 4}
+
+
+class UnknownTypeError(ValueError):
+    """A set key or data type nftproxy never writes."""
+
+
+def datatypes(code: int) -> tuple[DataType, ...]:
+    """A set's key or data type number as its components (concatenations hold several)."""
+    out: list[DataType] = []
+    while code:
+        part = code & ((1 << TYPE_BITS) - 1)
+        if part not in DATATYPES:
+            raise UnknownTypeError(code)
+        out.append(DATATYPES[part])
+        code >>= TYPE_BITS
+    return tuple(reversed(out))
+
+
+def size(kind: DataType, family: Family) -> int:
+    """How many bytes one component of this type takes, unpadded."""
+    return ADDR_SIZE[family] if kind == DataType.ADDR else _SIZES[kind]
+
+
+def layout(kinds: tuple[DataType, ...], family: Family, total: int) -> list[tuple[int, int]]:
+    """(offset, size) of each component: concatenated ones start on 4-byte boundaries."""
+    if len(kinds) == 1:
+        return [(0, total)]
+    out, offset = [], 0
+    for kind in kinds:
+        n = size(kind, family)
+        out.append((offset, n))
+        offset += (n + 3) & ~3
+    return out
+
+
+def scalar(kind: DataType, family: Family, data: bytes) -> str:
+    """One component's text."""
+    if kind == DataType.ADDR:
+        return socket.inet_ntop(_INET[family], data[: ADDR_SIZE[family]])
+    if kind == DataType.PROTO:
+        return PROTOCOLS.get(data[0], str(data[0]))
+    if kind == DataType.SERVICE:
+        return str(int.from_bytes(data[:2], "big"))
+    if kind == DataType.INDEX:  # numgen writes host byte order
+        return str(int.from_bytes(data[:4], "little"))
+    raise UnknownTypeError(kind)
+
+
+def span(kind: DataType, family: Family, low: bytes, high: bytes) -> str:
+    """An inclusive range as nft prints it: a value, a CIDR when aligned, else ``a-b``."""
+    if low == high:
+        return scalar(kind, family, low)
+    lo, hi = int.from_bytes(low, "big"), int.from_bytes(high, "big")
+    width = len(low) * 8
+    count = hi - lo + 1
+    if kind == DataType.ADDR and count & (count - 1) == 0 and lo % count == 0:
+        return f"{scalar(kind, family, low)}/{width - count.bit_length() + 1}"
+    return f"{scalar(kind, family, low)}-{scalar(kind, family, high)}"
+
+
+def prefix(family: Family, data: bytes, bits: int) -> str:
+    """``addr/bits`` for an address compared on its first bits (the whole one: no suffix)."""
+    full = ADDR_SIZE[family]
+    addr = socket.inet_ntop(_INET[family], data[:full].ljust(full, b"\0"))
+    return addr if bits == full * 8 else f"{addr}/{bits}"
