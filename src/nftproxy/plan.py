@@ -1,8 +1,8 @@
 """``plan(desired, current)``: the smallest transaction from one table to another. Pure.
 
 The same function serves the incremental sync (current = what was applied last)
-and drift repair (current = what the kernel holds, parsed back by
-:mod:`nftproxy.nft.parse`). Sets and chains are compared by definition, rules by
+and drift repair (current = what the kernel holds, read back by
+:mod:`nftproxy.nft.read`). Sets and chains are compared by definition, rules by
 their terms, elements by key and value; the elements of dynamic sets (client
 affinity) belong to the kernel and are never touched.
 """

@@ -5,7 +5,7 @@ The seam is :class:`~nftproxy.kernel.Kernel`; planning is the pure
 it is retried (tenacity, with backoff), and every retry replaces our tables
 whole instead of patching them.
 
-Reading every element back costs about 0.4 s at 10,000 Services, so a sync
+Reading every element back costs about 0.6 s at 10,000 Services, so a sync
 can keep a checkpoint of what it applied: a restarted proxy whose
 checkpoint's generation (a digest, written into each table's ``applied`` set in
 the same transaction) is still what the kernel holds plans against the

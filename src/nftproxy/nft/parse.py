@@ -1,6 +1,9 @@
-"""Live state back into typed objects: ``nft -j list table`` output to a ``Table``.
+"""Live state from nft's point of view: ``nft -j list table`` output to a ``Table``.
 
-The kernel's JSON is read into exactly the objects :mod:`nftproxy.build` makes,
+The second reader, next to the netlink one (:mod:`nftproxy.nft.read`), which
+is about four times faster; ``diff --reader nft`` uses this one, and the tests
+check that both agree. nft's JSON is read into exactly the objects
+:mod:`nftproxy.build` makes,
 so rules compare by meaning: nft's own normalisations (``reject with tcp reset``
 swallowing its ``meta l4proto tcp`` match, ``ct state new`` listed as a set
 membership, a /32 prefix listed as an address) are undone here, in one place.
