@@ -77,8 +77,11 @@ def one_run(base: Ruleset, changed: Ruleset) -> dict[str, Any]:
         with_cp, cp_result = _timed(lambda: sync(Libnftables(lab.node), changed, checkpoint=cp))
         assert cp_result.from_checkpoint
 
-        diff_s, diffs = _timed(lambda: len(drift(Libnftables(lab.node), base)))
-        diff_nft, nft_diffs = _timed(lambda: len(drift(Libnftables(lab.node), base, via_nft=True)))
+        def diff(via_nft: bool) -> int:
+            return len(drift(base, read_tables(Libnftables(lab.node), via_nft=via_nft)))
+
+        diff_s, diffs = _timed(lambda: diff(False))
+        diff_nft, nft_diffs = _timed(lambda: diff(True))
         read_s, _ = _timed(lambda: read_tables(Libnftables(lab.node)))
         assert diffs == nft_diffs
     elements = sum(

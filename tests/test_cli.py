@@ -118,3 +118,15 @@ def test_node_addresses_are_read_from_the_host() -> None:
         ips = [str(a) for a in node_ips(lab.node)]
     assert ips[0] in ("100.64.0.1", "fd00:64::1")  # on the interface of the default route
     assert "192.168.7.7" in ips and "127.0.0.1" not in ips
+
+
+@pytest.mark.parametrize("command", ["apply", "diff", "cleanup"])
+def test_a_missing_namespace_is_an_error_not_created(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(json.dumps(service("web")))
+    manifests = ["-f", str(path), *NODE_FLAGS] if command != "cleanup" else []
+    assert main([command, *manifests, "--netns", "nftproxy-no-such-ns"]) == 2
+    assert "no such network namespace" in capsys.readouterr().err
+    assert not Path("/run/netns/nftproxy-no-such-ns").exists()

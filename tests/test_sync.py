@@ -17,6 +17,7 @@ from helpers import NODE_FLAGS, endpoint, service, slice_
 
 from nftproxy.build import build
 from nftproxy.cleanup import cleanup
+from nftproxy.cli import main
 from nftproxy.config import NodeConfig, parse_cidrs
 from nftproxy.conntrack import delete_stale
 from nftproxy.features import missing_features
@@ -315,3 +316,32 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
     assert not third.from_checkpoint
     assert in_sync(kernel, ruleset(*web(EPS[2])))
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[2]}
+
+
+def test_diff_command_exit_codes_and_readers(
+    lab: tuple[Lab, Libnftables], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``diff``: 0 in sync, 1 with the drift printed (text and JSON), the same through
+    nft's reader; the kernel is read by a worker while the manifests are built."""
+    import json  # noqa: PLC0415
+
+    lab_, _ = lab
+    manifest = tmp_path / "web.json"
+    manifest.write_text(json.dumps({"kind": "List", "items": web(EPS[0], EPS[1])}))
+    flags = ["-f", str(manifest), *NODE_FLAGS, "--netns", lab_.node]
+    assert main(["apply", *flags, "--checkpoint", ""]) == 0
+    capsys.readouterr()
+    for reader in ("netlink", "nft"):
+        assert main(["diff", *flags, "--reader", reader]) == 0
+        assert capsys.readouterr().out == "in sync\n"
+    in_ns(lab_.node, "nft", "add element ip nftproxy cluster-ips { 172.30.9.9 }")
+    outputs = []
+    for reader in ("netlink", "nft"):
+        assert main(["diff", *flags, "--reader", reader, "--json"]) == 1
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1]
+    assert [(d["status"], d["kind"], d["where"]) for d in outputs[0]] == [
+        ("unexpected", "element", "cluster-ips")
+    ]
+    assert main(["diff", *flags]) == 1
+    assert "172.30.9.9" in capsys.readouterr().out

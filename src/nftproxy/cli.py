@@ -103,7 +103,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     else:
         from nftproxy.netinfo import node_ips  # noqa: PLC0415 - netlink only when asked
 
-        ips = node_ips()
+        ips = node_ips(getattr(args, "netns", None))
     if pick("hostname_override"):
         name = str(pick("hostname_override"))
     else:

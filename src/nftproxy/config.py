@@ -20,6 +20,15 @@ class ConfigError(ValueError):
     """A setting that cannot be used."""
 
 
+NETNS_DIR = Path("/run/netns")
+
+
+def require_netns(name: str) -> None:
+    """Fail unless the named network namespace exists (pyroute2 would create it)."""
+    if not (NETNS_DIR / name).exists():
+        raise ConfigError(f"--netns {name}: no such network namespace (see ip netns list)")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything about this node and the proxy's settings that shapes the rules.

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from nftproxy.config import require_netns
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, table_names
 from nftproxy.nft.wire import Socket
@@ -91,6 +92,7 @@ def in_netns(netns: str | None) -> Iterator[None]:
         return
     from pyroute2.netns import popns, pushns  # noqa: PLC0415 - only for namespaced use
 
+    require_netns(netns)
     pushns(netns)
     try:
         yield

@@ -13,7 +13,7 @@ from nftproxy.cli import desired, status
 from nftproxy.conntrack import delete_stale
 from nftproxy.features import missing_features
 from nftproxy.kernel import Libnftables
-from nftproxy.sync import drift, sync, sync_with_retries
+from nftproxy.sync import drift, read_ahead, sync, sync_with_retries
 
 
 def _kernel(args: argparse.Namespace) -> Libnftables:
@@ -59,10 +59,11 @@ def apply(args: argparse.Namespace) -> int:
 
 def diff(args: argparse.Namespace) -> int:
     """Compare the ruleset for the manifests with the kernel: 0 in sync, 1 drifted."""
+    current = read_ahead(args.netns, via_nft=args.reader == "nft")
     wanted = desired(args)
     if wanted is None:
         return 2
-    diffs = drift(_kernel(args), wanted[0], via_nft=args.reader == "nft")
+    diffs = drift(wanted[0], current())
     if args.json:
         print(json.dumps(report.as_dicts(diffs), indent=1))
     else:

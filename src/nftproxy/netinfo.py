@@ -7,6 +7,7 @@ import socket
 
 from pyroute2 import IPRoute
 
+from nftproxy.config import require_netns
 from nftproxy.objects import IPAddress
 
 SCOPE_UNIVERSE = 0
@@ -14,6 +15,8 @@ SCOPE_UNIVERSE = 0
 
 def node_ips(netns: str | None = None) -> tuple[IPAddress, ...]:
     """The node's global addresses; per family, the default route's interface first."""
+    if netns:
+        require_netns(netns)
     with IPRoute(netns=netns) if netns else IPRoute() as ipr:
         default_ifs = {
             r.get_attr("RTA_OIF")

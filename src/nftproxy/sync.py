@@ -15,10 +15,12 @@ checkpoint. Hand edits made since are drift, for ``diff`` to find.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +77,39 @@ def _via_nft(kernel: Kernel, family: Family, table: str) -> Table | None:
     return None if listing is None else parse_table(listing, family, table)
 
 
+def _read_in_worker(netns: str | None, table: str, via_nft: bool) -> dict[Family, Table | None]:
+    from nftproxy.kernel import Libnftables  # noqa: PLC0415 - the real kernel, in the worker
+
+    return read_tables(Libnftables(netns), table, via_nft=via_nft)
+
+
+def read_ahead(
+    netns: str | None, table: str = names.TABLE, *, via_nft: bool = False
+) -> Callable[[], dict[Family, Table | None]]:
+    """Start reading our tables in a forked worker; the function returned waits for them.
+
+    Reading the kernel and building the desired ruleset are both bound to the
+    interpreter; on two cores a worker process lets them overlap (about 0.5 s of
+    a 2 s ``diff`` at 10,000 Services). The tables come back pickled.
+    """
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    future = pool.submit(_read_in_worker, netns, table, via_nft)
+
+    def wait() -> dict[Family, Table | None]:
+        try:
+            return future.result()
+        finally:
+            pool.shutdown()
+
+    return wait
+
+
 @paused_gc()
 def drift(
-    kernel: Kernel, ruleset: Ruleset, *, via_nft: bool = False, table: str = names.TABLE
+    ruleset: Ruleset, current: dict[Family, Table | None], table: str = names.TABLE
 ) -> list[Difference]:
-    """What differs between the ruleset and the kernel (empty when in sync)."""
-    desired, current = desired_tables(ruleset), read_tables(kernel, table, via_nft=via_nft)
+    """What differs between the ruleset and what the kernel holds (empty when in sync)."""
+    desired = desired_tables(ruleset)
     return differences(plan_all(desired, current, table), desired, current)
 
 
