@@ -316,6 +316,11 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
     assert not third.from_checkpoint
     assert in_sync(kernel, ruleset(*web(EPS[2])))
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[2]}
+    cp.write_bytes(cp.read_bytes()[:-100])  # damaged: no checkpoint, the kernel is read
+    fourth = sync(kernel, ruleset(*web(EPS[0])), checkpoint=cp)
+    assert not fourth.from_checkpoint
+    assert in_sync(kernel, ruleset(*web(EPS[0])))
+    assert sync(kernel, ruleset(*web(EPS[0])), checkpoint=cp).from_checkpoint
 
 
 def test_diff_command_exit_codes_and_readers(

@@ -131,7 +131,7 @@ SETS = (
         (DataType.SERVICE,),
         (),
         False,
-        "what nftproxy applied last: its element's comment is the ruleset's digest",
+        "what nftproxy applied last: its element's comment names that generation",
     ),
     (
         names.HAIRPIN,

@@ -7,17 +7,15 @@ whole instead of patching them.
 
 Reading every element back costs about 0.6 s at 10,000 Services, so a sync
 can keep a checkpoint of what it applied: a restarted proxy whose
-checkpoint's generation (a digest, written into each table's ``applied`` set in
+checkpoint's generation (a random token, written into each table's ``applied`` set in
 the same transaction) is still what the kernel holds plans against the
 checkpoint. Hand edits made since are drift, for ``diff`` to find.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
-import os
-import pickle
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import tenacity
 
+from nftproxy import checkpoint as checkpoints
 from nftproxy import names
 from nftproxy.conntrack import PROTOCOLS, StaleFlow
 from nftproxy.gcpause import paused_gc
@@ -38,7 +37,6 @@ from nftproxy.plan import Summary, plan, summarize
 from nftproxy.report import Difference, differences
 
 FAMILIES = (Family.IP, Family.IP6)
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,6 @@ class SyncResult:
     full: bool
     stale_flows: tuple[StaleFlow, ...]
     from_checkpoint: bool = False
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a sync applied, and the generation it stamped into the kernel."""
-
-    generation: str
-    tables: dict[Family, Table | None]
 
 
 def read_tables(
@@ -155,28 +145,9 @@ def stale_flows(
 # -- checkpoints --------------------------------------------------------------
 
 
-def load_checkpoint(path: Path) -> Checkpoint | None:
-    """The checkpoint at path, or None when missing or unreadable."""
-    try:
-        with path.open("rb") as f:
-            version, checkpoint = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError):
-        return None
-    return checkpoint if version == CHECKPOINT_VERSION else None
-
-
-def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint atomically (a reader sees the old one or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump((CHECKPOINT_VERSION, checkpoint), f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-
-
-def generation(script: str) -> str:
-    """The digest that names a ruleset (of its full script)."""
-    return "sha256:" + hashlib.sha256(script.encode()).hexdigest()
+def new_generation() -> str:
+    """A fresh name for what one sync applies (random: only equality matters)."""
+    return "gen:" + secrets.token_hex(16)
 
 
 def kernel_generation(
@@ -216,20 +187,21 @@ def sync(
     """Make the kernel hold ruleset: incrementally, or whole with ``full``."""
     start = time.perf_counter()
     desired = desired_tables(ruleset)
-    whole = render_script(ruleset, table)
-    stamp = generation(whole)
-    saved = load_checkpoint(checkpoint) if checkpoint is not None and not full else None
+    stamp = new_generation()
+    saved = checkpoints.load(checkpoint) if checkpoint is not None and not full else None
     trusted = saved is not None and kernel_generation(kernel, desired, table) == saved.generation
     current = saved.tables if saved is not None and trusted else read_tables(kernel, table)
     txs = plan_all(desired, current, table)
     summary = sum((summarize(tx) for tx in txs), Summary())
     stamps = [(f, c) for f, t in desired.items() if t is not None for c in _stamp(t, stamp)]
     marks = "".join(render_change(c, f, table) + "\n" for f, c in stamps)
-    script = whole + marks if full else "".join(map(render_transaction, txs)) + marks
+    full = full or all(t is None for t in current.values())  # nothing there: load it whole
+    body = render_script(ruleset, table) if full else "".join(map(render_transaction, txs))
+    script = body + marks
     if not dry_run and (txs or full or not trusted):
         kernel.run(script)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, Checkpoint(stamp, desired))
+            checkpoints.save(checkpoint, checkpoints.Checkpoint(stamp, desired))
     seconds = time.perf_counter() - start
     flows = stale_flows(desired, current)
     return SyncResult(txs, script, summary, seconds, full, flows, from_checkpoint=trusted)
