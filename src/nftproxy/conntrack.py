@@ -30,14 +30,14 @@ class StaleFlow:
 
 def delete_stale(flows: Iterable[StaleFlow], netns: str | None = None) -> int:
     """Delete the conntrack entries of flows; returns how many were deleted."""
+    wanted = list(flows)
+    if not wanted:
+        return 0
     from pyroute2 import Conntrack  # noqa: PLC0415 - netlink only when needed
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple  # noqa: PLC0415
 
     deleted = 0
-    wanted = list(flows)
-    if not wanted:
-        return 0
     ct = Conntrack(netns=netns) if netns else Conntrack()
     with contextlib.closing(ct):
         for f in wanted:
