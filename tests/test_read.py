@@ -3,6 +3,7 @@ one consistent state while the kernel changes underneath."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -200,3 +201,14 @@ def _dropped(chain: Chain) -> str:
     value = rule.terms[0].value  # type: ignore[union-attr]
     assert isinstance(value, str)
     return value
+
+
+def test_kernel_in_a_namespace_leaves_the_caller_home(lab: Lab) -> None:
+    """Sockets are opened inside --netns; the calling thread returns to its own."""
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    kernel = Libnftables(lab.node)
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home
+    kernel.run("add table ip only-there\n")
+    assert "only-there" in kernel.tables(Family.IP)
+    assert "only-there" not in Libnftables().tables(Family.IP)
+    kernel.run("delete table ip only-there\n")

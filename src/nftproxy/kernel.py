@@ -12,13 +12,15 @@ libnftables are mapped to typed errors in one function, :func:`classify`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
-from nftproxy.config import require_netns
+from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, table_names
 from nftproxy.nft.wire import Socket
@@ -85,19 +87,34 @@ class Kernel(Protocol):
         """``nft -j list table`` as parsed JSON, or None when the table is absent."""
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 @contextlib.contextmanager
 def in_netns(netns: str | None) -> Iterator[None]:
+    """This thread inside the named network namespace (sockets opened here stay in it)."""
     if netns is None:
         yield
         return
-    from pyroute2.netns import popns, pushns  # noqa: PLC0415 - only for namespaced use
-
     require_netns(netns)
-    pushns(netns)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(NETNS_DIR / netns, os.O_RDONLY)
     try:
-        yield
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
     finally:
-        popns()
+        os.close(target)
+        os.close(home)
 
 
 class Libnftables:
