@@ -25,7 +25,7 @@ from nftproxy.kernel import Libnftables, NftError
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect, namespace
 from nftproxy.manifests import Loaded, load_objects
-from nftproxy.nft.model import Ruleset
+from nftproxy.nft.model import Family, Ruleset, VerdictKind
 from nftproxy.report import differences
 from nftproxy.state import compute_state
 from nftproxy.sync import desired_tables, plan_all, read_tables, sync, sync_with_retries
@@ -350,3 +350,32 @@ def test_diff_command_exit_codes_and_readers(
     ]
     assert main(["diff", *flags]) == 1
     assert "172.30.9.9" in capsys.readouterr().out
+
+
+def test_a_base_chain_policy_changed_by_hand_is_drift(lab: tuple[Lab, Libnftables]) -> None:
+    """``policy drop`` set on one of our base chains would cut the node off: diff
+    names the chain and apply puts ``policy accept`` back."""
+    lab_, kernel = lab
+    rs = ruleset(*web(EPS[0]))
+    sync(kernel, rs)
+    in_ns(
+        lab_.node,
+        "nft",
+        "add chain ip nftproxy filter-forward { type filter hook forward priority -110; "
+        "policy drop; }",
+    )
+    desired, current = desired_tables(rs), read_tables(kernel)
+    (found,) = differences(plan_all(desired, current), desired, current)
+    assert (found.status, found.kind, found.where) == ("changed", "chain", "filter-forward")
+    assert found.text.endswith(
+        "policy drop; -> type filter hook forward priority -110; policy accept;"
+    )
+    by_nft = read_tables(kernel, via_nft=True)[Family.IP]
+    assert by_nft is not None
+    forward = next(c for c in by_nft.chains if c.name == "filter-forward")
+    assert forward.base is not None and forward.base.policy == VerdictKind.DROP
+    sync(kernel, rs)
+    assert in_sync(kernel, rs)
+    assert "policy accept" in in_ns(
+        lab_.node, "nft", "list", "chain", "ip", "nftproxy", "filter-forward"
+    )

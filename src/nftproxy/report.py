@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from nftproxy.nft.model import Family, Table
-from nftproxy.nft.render import render_element, render_rule
+from nftproxy.nft.render import hook_line, render_element, render_rule
 from nftproxy.nft.transaction import (
     AddChain,
     AddElements,
@@ -101,9 +101,17 @@ def differences(
             out.append(Difference(fam, "missing", "chain", name, name, owners.of_name(name)))
         for name in sorted(removed - added):
             out.append(Difference(fam, "unexpected", "chain", name, name, owners.of_name(name)))
+        for name in sorted(added & removed):  # made anew: its hook, priority or policy differ
+            text = f"{_hook(have, name)} -> {_hook(want, name)}"
+            out.append(Difference(fam, "changed", "chain", name, text, owners.of_name(name)))
         flushed = {c.name for c in tx.changes if isinstance(c, FlushChain)} - removed - added
         out += _rule_differences(fam, flushed, want, have, owners)
     return out
+
+
+def _hook(table: Table | None, name: str) -> str:
+    chain = next((c for c in table.chains if c.name == name), None) if table else None
+    return hook_line(chain.base) if chain and chain.base else "regular chain"
 
 
 def _rule_differences(

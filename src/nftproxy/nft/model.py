@@ -216,11 +216,12 @@ class ChainType(StrEnum):
 
 @dataclass(frozen=True)
 class BaseHook:
-    """Where a base chain is attached."""
+    """Where a base chain is attached, and what it does with packets no rule decides."""
 
     type: ChainType
     hook: Hook
     priority: int
+    policy: VerdictKind = VerdictKind.ACCEPT
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ def parse_set(body: dict[str, Any]) -> Set:
 def _base(body: dict[str, Any]) -> BaseHook | None:
     if "hook" not in body:
         return None
-    return BaseHook(ChainType(body["type"]), Hook(body["hook"]), int(body["prio"]))
+    policy = VerdictKind(body.get("policy", "accept"))
+    return BaseHook(ChainType(body["type"]), Hook(body["hook"]), int(body["prio"]), policy)
 
 
 def parse_table(listing: dict[str, Any], family: Family, name: str) -> Table | None:

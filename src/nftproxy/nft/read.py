@@ -20,7 +20,7 @@ import tenacity
 
 from nftproxy.gcpause import paused_gc
 from nftproxy.nft import values
-from nftproxy.nft.expressions import Rules, verdict
+from nftproxy.nft.expressions import VERDICTS, Rules, verdict
 from nftproxy.nft.model import (
     BaseHook,
     Chain,
@@ -51,7 +51,7 @@ from nftproxy.nft.wire import (
 )
 
 TABLE_NAME = 1
-CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_TYPE = 1, 3, 4, 7
+CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE = 1, 3, 4, 5, 7
 HOOK_NUM, HOOK_PRIORITY = 1, 2
 SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
 SET_DATA_TYPE, SET_DATA_LEN, SET_TIMEOUT, SET_USERDATA = 6, 7, 11, 13
@@ -231,6 +231,7 @@ def _base(a: Attrs) -> BaseHook | None:
         ChainType(text(a[CHAIN_TYPE])),
         HOOKS[be32(hook[HOOK_NUM])],
         be32_signed(hook[HOOK_PRIORITY]),
+        VERDICTS[be32_signed(a.get(CHAIN_POLICY, b"\0\0\0\1"))],
     )
 
 

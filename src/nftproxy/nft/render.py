@@ -184,8 +184,11 @@ def _render_set(s: Set, family: Family) -> Iterator[str]:
     yield "\t}"
 
 
-def _hook_line(b: BaseHook) -> str:
-    return f"type {b.type.value} hook {b.hook.value} priority {b.priority}; policy accept;"
+def hook_line(b: BaseHook) -> str:
+    """A base chain's ``type ... hook ... priority ...; policy ...;`` line."""
+    return (
+        f"type {b.type.value} hook {b.hook.value} priority {b.priority}; policy {b.policy.value};"
+    )
 
 
 def _render_chain(chain: Chain, family: Family) -> Iterator[str]:
@@ -193,7 +196,7 @@ def _render_chain(chain: Chain, family: Family) -> Iterator[str]:
     if chain.comment:
         yield f'\t\tcomment "{chain.comment}"'
     if chain.base is not None:
-        yield f"\t\t{_hook_line(chain.base)}"
+        yield f"\t\t{hook_line(chain.base)}"
     for rule in chain.rules:
         yield f"\t\t{render_rule(rule, family)}"
     yield "\t}"
@@ -259,7 +262,7 @@ def _declare_set(s: Set, family: Family) -> str:
 def _declare_chain(chain: Chain) -> str:
     parts = []
     if chain.base is not None:
-        parts.append(_hook_line(chain.base))
+        parts.append(hook_line(chain.base))
     if chain.comment:
         parts.append(f'comment "{chain.comment}";')
     return f"{chain.name} {{ {' '.join(parts)} }}" if parts else chain.name
