@@ -379,3 +379,19 @@ def test_a_base_chain_policy_changed_by_hand_is_drift(lab: tuple[Lab, Libnftable
     assert "policy accept" in in_ns(
         lab_.node, "nft", "list", "chain", "ip", "nftproxy", "filter-forward"
     )
+
+
+def test_a_dormant_table_is_drift_and_apply_wakes_it(lab: tuple[Lab, Libnftables]) -> None:
+    """``flags dormant`` turns all of nftproxy's rules off at once: diff says so and
+    apply clears it, after which traffic flows again."""
+    lab_, kernel = lab
+    rs = ruleset(*web(EPS[0]))
+    sync(kernel, rs)
+    in_ns(lab_.node, "nft", "add table ip nftproxy { flags dormant; }")
+    assert reached(lab_, CLIENT, "172.30.0.10", 80, tries=3) != {EPS[0]}
+    desired, current = desired_tables(rs), read_tables(kernel)
+    (found,) = differences(plan_all(desired, current), desired, current)
+    assert (found.status, found.kind, found.where) == ("changed", "table", "nftproxy")
+    assert str(sync(kernel, rs).summary) == "0 added, 1 changed, 0 removed"
+    assert in_sync(kernel, rs)
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[0]}

@@ -160,7 +160,13 @@ class Libnftables:
             if err.kind == ErrorKind.NOT_FOUND:
                 return None
             raise
-        listing: dict[str, Any] = orjson.loads(out)
+        try:
+            listing: dict[str, Any] = orjson.loads(out)
+        except orjson.JSONDecodeError as err:
+            # nft 1.0.6 stops its JSON in the middle of a dormant table's flags.
+            raise NftError(
+                ErrorKind.OTHER, f"nft printed unreadable JSON for {what}: {err}"
+            ) from err
         return listing
 
     def list_table(self, family: Family, name: str) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from nftproxy.nft.transaction import (
     DeleteTable,
     FlushChain,
     Transaction,
+    WakeTable,
 )
 
 
@@ -187,7 +188,8 @@ def plan(desired: Table | None, current: Table | None, family: Family, table: st
     elif current is None:
         changes = _load_all(desired)
     else:
-        changes = _diff(desired, current)
+        changes = [WakeTable()] if current.dormant else []
+        changes += _diff(desired, current)
     return Transaction(family, table, tuple(changes))
 
 
@@ -214,8 +216,11 @@ def summarize(tx: Transaction) -> Summary:
     removed: set[tuple[str, ...]] = set()
     rewritten: set[str] = set()
     for c in tx.changes:
-        if isinstance(c, (AddTable, DeleteTable)):
-            (added if isinstance(c, AddTable) else removed).add(("table",))
+        if isinstance(c, (AddTable, DeleteTable, WakeTable)):
+            if not isinstance(c, DeleteTable):
+                added.add(("table",))
+            if not isinstance(c, AddTable):
+                removed.add(("table",))
         elif isinstance(c, AddSet):
             added.add(("set", c.set.name))
         elif isinstance(c, DeleteSet):

@@ -26,6 +26,7 @@ from nftproxy.nft.transaction import (
     DeleteTable,
     FlushChain,
     Transaction,
+    WakeTable,
 )
 
 SHARED = "(shared structure)"
@@ -84,6 +85,9 @@ def differences(
             if isinstance(c, (AddTable, DeleteTable)):
                 status = "missing" if isinstance(c, AddTable) else "unexpected"
                 out.append(Difference(fam, status, "table", tx.table, tx.table, SHARED))
+            elif isinstance(c, WakeTable):
+                text = "flags dormant: every rule off"
+                out.append(Difference(fam, "changed", "table", tx.table, text, SHARED))
             elif isinstance(c, (AddSet, DeleteSet)):
                 name = c.set.name if isinstance(c, AddSet) else c.name
                 status = "missing" if isinstance(c, AddSet) else "unexpected"

@@ -278,6 +278,7 @@ class Table:
     chains: tuple[Chain, ...] = ()
     sets: tuple[Set, ...] = ()
     comment: str | None = None
+    dormant: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ from nftproxy.nft.wire import (
     text,
 )
 
-TABLE_NAME = 1
+TABLE_NAME, TABLE_FLAGS = 1, 2
+TABLE_DORMANT = 0x1
 CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE = 1, 3, 4, 5, 7
 HOOK_NUM, HOOK_PRIORITY = 1, 2
 SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
@@ -153,6 +154,7 @@ class TableReader:
         tables = self._dump(Message.GETTABLE, {}, TABLE_NAME)
         if not tables:
             return None
+        dormant = bool(be32(tables[0].get(TABLE_FLAGS, b"\0" * 4)) & TABLE_DORMANT)
         infos = [
             self._set(a)
             for a in self._dump(Message.GETSET, {SET_TABLE: string(self.name)}, SET_TABLE)
@@ -165,7 +167,7 @@ class TableReader:
         }
         sets = tuple(self._with_elements(i) for i in named)
         rules = Rules(self.family, {i.set.name: i.key_len for i in infos}, anonymous)
-        return Table(self.family, self.name, self._chains(rules), sets)
+        return Table(self.family, self.name, self._chains(rules), sets, dormant=dormant)
 
     def _set(self, a: Attrs) -> _SetInfo:
         flags = be32(a.get(SET_FLAGS, b"\0" * 4))

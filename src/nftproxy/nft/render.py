@@ -52,6 +52,7 @@ from nftproxy.nft.transaction import (
     FlushChain,
     FlushSet,
     Transaction,
+    WakeTable,
 )
 
 _FIELDS = {
@@ -271,7 +272,7 @@ def _declare_chain(chain: Chain) -> str:
 def render_change(change: Change, family: Family, table: str) -> str:  # noqa: PLR0911
     """One change as one nft command."""
     where = f"{family.value} {table}"
-    if isinstance(change, AddTable):
+    if isinstance(change, (AddTable, WakeTable)):  # "add table" clears flags it does not set
         return f"add table {where}"
     if isinstance(change, DeleteTable):
         return f"delete table {where}"

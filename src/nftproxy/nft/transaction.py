@@ -17,6 +17,11 @@ class AddTable:
 
 
 @dataclass(frozen=True)
+class WakeTable:
+    """Clear the table's ``dormant`` flag (set by hand, it turns every rule off)."""
+
+
+@dataclass(frozen=True)
 class DeleteTable:
     """Remove the table and everything in it."""
 
@@ -89,6 +94,7 @@ class DeleteElements:
 
 Change = (
     AddTable
+    | WakeTable
     | DeleteTable
     | AddSet
     | DeleteSet
