@@ -395,3 +395,32 @@ def test_a_dormant_table_is_drift_and_apply_wakes_it(lab: tuple[Lab, Libnftables
     assert str(sync(kernel, rs).summary) == "0 added, 1 changed, 0 removed"
     assert in_sync(kernel, rs)
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[0]}
+
+
+def test_foreign_objects_inside_our_table_are_reported_and_removed(
+    lab: tuple[Lab, Libnftables],
+) -> None:
+    """A set of a type nftproxy never uses, a chain and a rule of shapes it never
+    writes, added to its table by hand: both readers report them, apply removes them."""
+    lab_, kernel = lab
+    rs = ruleset(*web(EPS[0]))
+    sync(kernel, rs)
+    edits = (
+        "add set ip nftproxy macs { type ether_addr; elements = { 02:00:00:00:00:01 }; }\n"
+        "add chain ip nftproxy extra\n"
+        "add rule ip nftproxy extra counter\n"
+        "insert rule ip nftproxy services ip protocol icmp counter accept\n"
+    )
+    in_ns(lab_.node, "nft", "-f", "-", stdin=edits)
+    expected = {
+        ("unexpected", "set", "macs"),
+        ("unexpected", "chain", "extra"),
+        ("unexpected", "rule", "services"),
+    }
+    for via_nft in (False, True):
+        desired, current = desired_tables(rs), read_tables(kernel, via_nft=via_nft)
+        found = differences(plan_all(desired, current), desired, current)
+        assert {(d.status, d.kind, d.where) for d in found} == expected, via_nft
+    sync(kernel, rs)
+    assert in_sync(kernel, rs)
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[0]}

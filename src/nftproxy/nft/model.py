@@ -55,6 +55,7 @@ class DataType(Enum):
     SERVICE = "service"
     INDEX = "index"
     VERDICT = "verdict"
+    OTHER = "other"  # a type nftproxy never declares, found in the kernel
 
 
 class Op(StrEnum):

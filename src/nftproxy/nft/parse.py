@@ -196,7 +196,7 @@ def _element(node: Any) -> Element:
 
 def _types(spec: Any) -> tuple[DataType, ...]:
     names = spec if isinstance(spec, list) else str(spec).split(" . ")
-    return tuple(_TYPES[n] for n in names)
+    return tuple(_TYPES.get(n, DataType.OTHER) for n in names)
 
 
 def parse_set(body: dict[str, Any]) -> Set:

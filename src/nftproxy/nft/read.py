@@ -293,6 +293,8 @@ def _decode(
     info: _SetInfo, family: Family, raw: list[Attrs], ordered: bool = False
 ) -> Iterable[Element]:
     """A set's dumped elements as Elements (in key order with ``ordered``)."""
+    if DataType.OTHER in (*info.set.key, *info.set.value):
+        return [_opaque(a) for a in raw]
     if info.set.interval:
         return _intervals(info, family, raw)
     if ordered:
@@ -307,6 +309,13 @@ def _decode(
         )
         for a in raw
     ]
+
+
+def _opaque(a: Attrs) -> Element:
+    """An element of a set whose types nftproxy does not know: its bytes, in hex."""
+    data = a.get(ELEM_DATA)
+    value = (data.hex(),) if data is not None else None
+    return Element((data_value(a[ELEM_KEY]).hex(),), value)
 
 
 def _intervals(info: _SetInfo, family: Family, raw: list[Attrs]) -> Iterable[Element]:

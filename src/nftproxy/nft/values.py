@@ -35,10 +35,7 @@ def datatypes(code: int) -> tuple[DataType, ...]:
     """A set's key or data type number as its components (concatenations hold several)."""
     out: list[DataType] = []
     while code:
-        part = code & ((1 << TYPE_BITS) - 1)
-        if part not in DATATYPES:
-            raise UnknownTypeError(code)
-        out.append(DATATYPES[part])
+        out.append(DATATYPES.get(code & ((1 << TYPE_BITS) - 1), DataType.OTHER))
         code >>= TYPE_BITS
     return tuple(reversed(out))
 
