@@ -159,7 +159,7 @@ class TestEntries:
         a, b = _ports(state)
         assert any(e.kind == EntryKind.EXTERNAL_IP for e in a.entries)
         assert not any(e.kind == EntryKind.NODE_PORT for e in b.entries)
-        assert [p.obj for p in state.problems] == ["ns/b/tcp/"]
+        assert [p.obj for p in state.problems] == ["ns/b/tcp"]
 
     def test_host_ports_of_running_local_pods(self) -> None:
         pod = {

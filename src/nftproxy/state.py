@@ -81,7 +81,9 @@ class ServicePortName:
     port: str
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}/{self.protocol.value}/{self.port}"
+        """``namespace/name/protocol/port-name`` (without ``/port-name`` for an unnamed port)."""
+        base = f"{self.namespace}/{self.name}/{self.protocol.value}"
+        return f"{base}/{self.port}" if self.port else base
 
 
 @dataclass(frozen=True)
