@@ -59,11 +59,12 @@ def apply(args: argparse.Namespace) -> int:
 
 def diff(args: argparse.Namespace) -> int:
     """Compare the ruleset for the manifests with the kernel: 0 in sync, 1 drifted."""
-    current = read_ahead(args.netns, via_nft=args.reader == "nft")
+    pending = read_ahead(args.netns, via_nft=args.reader == "nft")
     wanted = desired(args)
+    current = pending()
     if wanted is None:
         return 2
-    diffs = drift(wanted[0], current())
+    diffs = drift(wanted[0], current)
     if args.json:
         print(json.dumps(report.as_dicts(diffs), indent=1))
     else:
