@@ -32,7 +32,12 @@ def _checkpoint(args: argparse.Namespace) -> Path | None:
 
 def apply(args: argparse.Namespace) -> int:
     """One sync: make the kernel hold the ruleset for the manifests."""
+    checkpoint = _checkpoint(args)
+    # Without a checkpoint the kernel must be read: do it while the manifests are built.
+    unread = args.dry_run or (checkpoint is not None and checkpoint.exists())
+    pending = None if unread else read_ahead(args.netns)
     wanted = desired(args)
+    current = pending() if pending is not None else None
     if wanted is None:
         return 1
     ruleset, problems = wanted
@@ -46,7 +51,7 @@ def apply(args: argparse.Namespace) -> int:
         for feature, error in missing:
             print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
         return 2
-    result = sync_with_retries(kernel, ruleset, checkpoint=_checkpoint(args))
+    result = sync_with_retries(kernel, ruleset, checkpoint=checkpoint, read_already=current)
     flushed = delete_stale(result.stale_flows, args.netns)
     kind = "full" if result.full else "incremental"
     kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"

@@ -183,14 +183,22 @@ def sync(
     full: bool = False,
     checkpoint: Path | None = None,
     table: str = names.TABLE,
+    read_already: dict[Family, Table | None] | None = None,
 ) -> SyncResult:
-    """Make the kernel hold ruleset: incrementally, or whole with ``full``."""
+    """Make the kernel hold ruleset: incrementally, or whole with ``full``.
+
+    ``read_already`` is the kernel's state read a moment ago (by :func:`read_ahead`),
+    used instead of reading it again when no checkpoint is trusted.
+    """
     start = time.perf_counter()
     desired = desired_tables(ruleset)
     stamp = new_generation()
     saved = checkpoints.load(checkpoint) if checkpoint is not None and not full else None
     trusted = saved is not None and kernel_generation(kernel, desired, table) == saved.generation
-    current = saved.tables if saved is not None and trusted else read_tables(kernel, table)
+    if saved is not None and trusted:
+        current = saved.tables
+    else:
+        current = read_already if read_already is not None else read_tables(kernel, table)
     txs = plan_all(desired, current, table)
     summary = sum((summarize(tx) for tx in txs), Summary())
     stamps = [(f, c) for f, t in desired.items() if t is not None for c in _stamp(t, stamp)]
@@ -214,13 +222,23 @@ def sync_with_retries(
     attempts: int = 3,
     checkpoint: Path | None = None,
     table: str = names.TABLE,
+    read_already: dict[Family, Table | None] | None = None,
 ) -> SyncResult:
-    """``sync``, retried with backoff; retries replace the tables whole."""
+    """``sync``, retried with backoff; retries replace the tables whole (and read
+    the kernel again)."""
     state = {"full": False}
 
     def attempt() -> SyncResult:
+        ahead = None if state["full"] else read_already
         try:
-            return sync(kernel, ruleset, full=state["full"], checkpoint=checkpoint, table=table)
+            return sync(
+                kernel,
+                ruleset,
+                full=state["full"],
+                checkpoint=checkpoint,
+                table=table,
+                read_already=ahead,
+            )
         finally:
             state["full"] = True
 
