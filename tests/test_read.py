@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -212,3 +213,38 @@ def test_kernel_in_a_namespace_leaves_the_caller_home(lab: Lab) -> None:
     assert "only-there" in kernel.tables(Family.IP)
     assert "only-there" not in Libnftables().tables(Family.IP)
     kernel.run("delete table ip only-there\n")
+
+
+def _churn(node: str, stop: threading.Event, done: list[int]) -> None:
+    """Another owner committing to its own table as fast as it can."""
+    kernel = Libnftables(node)
+    kernel.run("add table ip busy\nadd set ip busy s { type ipv4_addr; }\n")
+    while not stop.is_set():
+        verb = "add" if len(done) % 2 == 0 else "delete"
+        kernel.run(f"{verb} element ip busy s {{ 192.0.2.1 }}\n")
+        done.append(1)
+
+
+def test_reads_succeed_while_another_owner_commits_all_the_time(lab: Lab) -> None:
+    """The generation is global; when other tables change faster than a read takes,
+    a read still completes: two identical reads in a row are one consistent state."""
+    elements = ", ".join(f"10.{i >> 8}.{i & 255}.1" for i in range(BIG))
+    lab.load(f"table ip t {{\n  set s {{ type ipv4_addr; elements = {{ {elements} }} }}\n}}\n")
+    kernel = Libnftables(lab.node)
+    expected = kernel.read_table(Family.IP, "t")
+    stop, done = threading.Event(), list[int]()
+    worker = threading.Thread(target=_churn, args=(lab.node, stop, done))
+    worker.start()
+    try:
+        time.sleep(0.1)
+        for _ in range(3):
+            assert kernel.read_table(Family.IP, "t") == expected
+    finally:
+        stop.set()
+        worker.join()
+        for table in ("t", "busy"):
+            subprocess.run(
+                ["ip", "netns", "exec", lab.node, "nft", "delete", "table", "ip", table],
+                check=False,
+            )
+    assert len(done) > 100

@@ -69,7 +69,8 @@ DATA_VERDICT = 0xFFFFFF00
 UDATA_SET_COMMENT = 7
 UDATA_COMMENT = 0  # of rules and elements
 HOOKS = dict(enumerate(Hook))  # NF_INET_PRE_ROUTING .. NF_INET_POST_ROUTING
-READ_ATTEMPTS = 30
+GENERATION_ATTEMPTS = 5
+STABLE_ATTEMPTS = 10
 
 
 def comment(userdata: bytes | None, kind: int) -> str | None:
@@ -106,17 +107,33 @@ class TableReader:
         """The table, or None when it does not exist; consistent across the dumps.
 
         The generation is the kernel's, for every table of every owner: a read that
-        overlapped anybody's commit is made again, after a short random pause.
+        overlapped anybody's commit is made again, after a short random pause. When
+        other owners commit faster than a read takes, two reads in a row that agree
+        are taken as one consistent state instead.
         """
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(READ_ATTEMPTS),
+            stop=tenacity.stop_after_attempt(GENERATION_ATTEMPTS),
             wait=tenacity.wait_random(0, 0.05),
             retry=tenacity.retry_if_exception_type(DumpInterruptedError),
             reraise=True,
         )
         with paused_gc():
-            table: Table | None = retrying(self._consistent)
+            try:
+                table: Table | None = retrying(self._consistent)
+            except DumpInterruptedError:
+                table = self._stable()
         return table
+
+    def _stable(self) -> Table | None:
+        reads: list[Table | None] = []
+        for _ in range(STABLE_ATTEMPTS):
+            try:
+                reads.append(self._read())
+            except DumpInterruptedError:
+                continue
+            if len(reads) > 1 and reads[-1] == reads[-2]:
+                return reads[-1]
+        raise DumpInterruptedError
 
     def _consistent(self) -> Table | None:
         before = self._generation()
