@@ -23,6 +23,7 @@ from nftproxy.kernel import NftError
 from nftproxy.manifests import load_paths
 from nftproxy.nft.model import Ruleset
 from nftproxy.nft.render import render_script
+from nftproxy.nft.wire import NetlinkError
 from nftproxy.problems import Problem
 from nftproxy.state import compute_state
 
@@ -241,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = args.func(args)
     except (ConfigError, NftError) as err:
         print(f"nftproxy: {err}", file=sys.stderr)
+        return 2
+    except NetlinkError as err:  # reading the kernel back failed (or never settled)
+        print(f"nftproxy: reading the kernel: {err}", file=sys.stderr)
         return 2
     return code
 
