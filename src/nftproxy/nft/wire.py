@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from enum import IntEnum
+from typing import NamedTuple
 
 from nftproxy.nft.model import Family
 
@@ -133,9 +134,18 @@ def request(
     return _HEADER.pack(_HEADER.size + len(body), kind, flags, sequence, 0) + body
 
 
-def replies(data: bytes, sequence: int) -> tuple[list[bytes], bool]:
-    """The message bodies (after nfgenmsg) in one read, and whether the dump ended."""
+class Replies(NamedTuple):
+    """What one read of a request's answer holds."""
+
+    bodies: list[bytes]  # after nfgenmsg
+    done: bool  # the answer ended
+    interrupted: bool  # the kernel flagged the dump as overlapping a change
+
+
+def replies(data: bytes, sequence: int) -> Replies:
+    """The message bodies of one request in one read (others' are skipped)."""
     out: list[bytes] = []
+    interrupted = False
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind, flags, seq, _ = _HEADER.unpack_from(data, offset)
@@ -143,17 +153,16 @@ def replies(data: bytes, sequence: int) -> tuple[list[bytes], bool]:
             break
         if seq == sequence:
             if kind == NLMSG_DONE:
-                return out, True
+                return Replies(out, True, interrupted)
             if kind == NLMSG_ERROR:
                 code = -int.from_bytes(data[offset + 16 : offset + 20], "little", signed=True)
                 if code:
                     raise NetlinkError(code, os.strerror(code))
-                return out, True
-            if flags & NLM_F_DUMP_INTR:
-                raise DumpInterruptedError
+                return Replies(out, True, interrupted)
+            interrupted |= bool(flags & NLM_F_DUMP_INTR)
             out.append(data[offset + _HEADER.size + _NFGEN.size : offset + length])
         offset += (length + 3) & ~3
-    return out, False
+    return Replies(out, False, interrupted)
 
 
 class Socket:
@@ -169,15 +178,22 @@ class Socket:
     def dump(
         self, message: Message, family: int, attrs: dict[int, bytes], *, dump: bool = True
     ) -> list[bytes]:
-        """Every reply body of one request (a dump unless ``dump`` is false)."""
+        """Every reply body of one request (a dump unless ``dump`` is false).
+
+        An interrupted dump is read to its end before DumpInterruptedError is
+        raised: the kernel refuses a new dump on a socket whose last one is unfinished.
+        """
         self._sequence += 1
         self._sock.send(request(message, family, attrs, self._sequence, dump=dump))
         out: list[bytes] = []
-        done = False
+        done = interrupted = False
         while not done:
             size = self._sock.recv_into(self._buffer)
-            bodies, done = replies(bytes(self._buffer[:size]), self._sequence)
-            out += bodies
+            got = replies(bytes(self._buffer[:size]), self._sequence)
+            out += got.bodies
+            done, interrupted = got.done, interrupted or got.interrupted
+        if interrupted:
+            raise DumpInterruptedError
         return out
 
     def close(self) -> None:
