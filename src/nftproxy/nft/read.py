@@ -331,10 +331,14 @@ def _decode(
         Element(
             key(data_value(a[ELEM_KEY])),
             value(a.get(ELEM_DATA)),
-            comment(a[ELEM_USERDATA], UDATA_COMMENT) if ELEM_USERDATA in a else None,
+            _element_comment(a),
         )
         for a in raw
     ]
+
+
+def _element_comment(a: Attrs) -> str | None:
+    return comment(a[ELEM_USERDATA], UDATA_COMMENT) if ELEM_USERDATA in a else None
 
 
 def _opaque(a: Attrs) -> Element:
@@ -352,7 +356,7 @@ def _intervals(info: _SetInfo, family: Family, raw: list[Attrs]) -> Iterable[Ele
     value = _value_decoder(info, family)
     for low, high, a in _ranges(info, raw):
         key = tuple(values.span(k, family, low[o : o + n], high[o : o + n]) for k, (o, n) in layout)
-        yield Element(key, value(a.get(ELEM_DATA)), comment(a.get(ELEM_USERDATA), UDATA_COMMENT))
+        yield Element(key, value(a.get(ELEM_DATA)), _element_comment(a))
 
 
 def _ranges(info: _SetInfo, raw: list[Attrs]) -> Iterable[tuple[bytes, bytes, Attrs]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 
 from nftproxy.nft.model import DataType, Family
+from nftproxy.nft.wire import FAMILIES
 
 # nft's datatype numbers (nftables' include/datatype.h), as stored in a set's key type.
 TYPE_BITS = 6
@@ -23,7 +24,6 @@ DATATYPES = {
 }
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
 ADDR_SIZE = {Family.IP: 4, Family.IP6: 16}
-_INET = {Family.IP: socket.AF_INET, Family.IP6: socket.AF_INET6}
 _SIZES = {DataType.PROTO: 1, DataType.SERVICE: 2, DataType.INDEX: 4}
 
 
@@ -60,7 +60,7 @@ def layout(kinds: tuple[DataType, ...], family: Family, total: int) -> list[tupl
 def scalar(kind: DataType, family: Family, data: bytes) -> str:
     """One component's text."""
     if kind == DataType.ADDR:
-        return socket.inet_ntop(_INET[family], data[: ADDR_SIZE[family]])
+        return socket.inet_ntop(FAMILIES[family], data[: ADDR_SIZE[family]])
     if kind == DataType.PROTO:
         return PROTOCOLS.get(data[0], str(data[0]))
     if kind == DataType.SERVICE:
@@ -85,5 +85,5 @@ def span(kind: DataType, family: Family, low: bytes, high: bytes) -> str:
 def prefix(family: Family, data: bytes, bits: int) -> str:
     """``addr/bits`` for an address compared on its first bits (the whole one: no suffix)."""
     full = ADDR_SIZE[family]
-    addr = socket.inet_ntop(_INET[family], data[:full].ljust(full, b"\0"))
+    addr = socket.inet_ntop(FAMILIES[family], data[:full].ljust(full, b"\0"))
     return addr if bits == full * 8 else f"{addr}/{bits}"
