@@ -91,7 +91,7 @@ def _key(node: Any) -> Key:
     return (_expr(node),)
 
 
-def _atom(node: Any, max_prefix: int | None = None) -> str:
+def _atom(node: Any) -> str:
     """One key component as nftproxy writes it: text, with prefixes as CIDRs."""
     if isinstance(node, dict) and "prefix" in node:
         p = node["prefix"]
