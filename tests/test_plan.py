@@ -12,6 +12,7 @@ from nftproxy.build import build
 from nftproxy.nft.model import Chain, Element, Family, Rule, Set, Table, Verdict, VerdictKind
 from nftproxy.nft.render import render_transaction
 from nftproxy.nft.transaction import (
+    AddChain,
     AddElements,
     AddSet,
     AddTable,
@@ -86,7 +87,8 @@ class TestPlan:
         assert len(changes) == 1 + 4  # flush, then the chain's four rules
 
     def test_set_definition_change_recreates_the_set_and_its_users(self) -> None:
-        """A new affinity timeout: the set is replaced, the chain using it rewritten."""
+        """A new affinity timeout: the sets are replaced, and the sticky chain, whose
+        comment names the timeout, is made anew with the class chain that jumps to it."""
         sticky = [service(sessionAffinity="ClientIP"), BASE[1]]
         shorter = [
             service(
@@ -97,7 +99,11 @@ class TestPlan:
         ]
         changes = _plan(_table(*shorter), _table(*sticky))
         flushed = [c.name for c in changes if isinstance(c, FlushChain)]
-        assert flushed and all(n.startswith("sticky-") for n in flushed)
+        assert sorted(n.split("-")[0] for n in flushed) == ["clusterip/sticky", "sticky"]
+        sticky_chain = next(n for n in flushed if n.startswith("sticky-"))
+        assert DeleteChain(sticky_chain) in changes
+        added = next(c.chain for c in changes if isinstance(c, AddChain))
+        assert added.name == sticky_chain and added.comment == "ns/svc/tcp/p: ClientIP affinity 60s"
         assert len([c for c in changes if isinstance(c, DeleteSet)]) == 2
         assert [c.set.timeout for c in changes if isinstance(c, AddSet)] == [60, 60]
 

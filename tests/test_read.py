@@ -152,7 +152,7 @@ def test_absent_things_are_none(lab: Lab) -> None:
 BIG = 20_000
 
 
-def _toggle(node: str, stop: threading.Event, done: list[int]) -> None:
+def _toggle(node: str, stop: threading.Event, done: list[int], every: float) -> None:
     """Swap element and rule together, atomically, until told to stop."""
     swaps = [
         "delete element ip t s { 9.9.9.1 }\nadd element ip t s { 9.9.9.2 }\n"
@@ -160,7 +160,7 @@ def _toggle(node: str, stop: threading.Event, done: list[int]) -> None:
         "delete element ip t s { 9.9.9.2 }\nadd element ip t s { 9.9.9.1 }\n"
         "flush chain ip t c\nadd rule ip t c ip daddr 9.9.9.1 drop\n",
     ]
-    while not stop.wait(0.1):
+    while not stop.wait(every):
         in_ns(node, "nft", "-f", "-", stdin=swaps[len(done) % 2])
         done.append(1)
 
@@ -175,8 +175,12 @@ def test_a_read_is_one_consistent_state(lab: Lab) -> None:
         "  chain c { ip daddr 9.9.9.1 drop; }\n}\n"
     )
     kernel = Libnftables(lab.node)
+    start = time.perf_counter()
+    kernel.read_table(Family.IP, "t")
+    # Commits about as often as a read takes (0.05-0.11 s here, depending on the machine).
+    every = max(0.1, 1.5 * (time.perf_counter() - start))
     stop, done = threading.Event(), list[int]()
-    worker = threading.Thread(target=_toggle, args=(lab.node, stop, done))
+    worker = threading.Thread(target=_toggle, args=(lab.node, stop, done, every))
     worker.start()
     try:
         for _ in range(15):

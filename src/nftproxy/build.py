@@ -193,7 +193,8 @@ class _TableBuilder:
     def chain(self, name: str, *rules: tuple[Term, ...], comment: str | None = None) -> str:
         name = fit(name)
         if name not in self.chains:
-            self.chains[name] = Chain(name, tuple(Rule(r) for r in rules), comment=comment)
+            text = None if comment is None else names.comment(comment)
+            self.chains[name] = Chain(name, tuple(Rule(r) for r in rules), comment=text)
         return name
 
     # -- endpoint selection -------------------------------------------------
@@ -304,7 +305,7 @@ class _TableBuilder:
 
     def entry(self, sp: ServicePort, entry: Entry) -> None:
         key = (str(entry.addr), sp.protocol.value, str(entry.port))
-        comment = str(sp.name)
+        comment = names.comment(str(sp.name))
         if entry.kind == EntryKind.CLUSTER_IP:
             self.element(names.CLUSTER_IPS, key[:1])
         target, fallback = (self.external_entry if entry.external else self.internal_entry)(sp, key)

@@ -69,7 +69,7 @@ def diff(args: argparse.Namespace) -> int:
     current = pending()
     if wanted is None:
         return 2
-    diffs = drift(wanted[0], current)
+    diffs = drift(wanted[0], current, chain_comments=args.reader != "nft")
     if args.json:
         print(json.dumps(report.as_dicts(diffs), indent=1))
     else:

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 TABLE = "nftproxy"
 NAME_MAX = 240
+COMMENT_MAX = 128
+"""nft refuses a comment longer than 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN)."""
+COMMENT_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+"""What a comment may hold: printable ASCII but ``"`` and ``\\``. nft's quoted
+strings have no escapes, so no quote, backslash or control character may reach it."""
+_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 MARK_FOR_MASQUERADE = "mark-for-masquerade"
 MASQUERADING = "masquerading"
@@ -37,9 +44,25 @@ APPLIED = "applied"
 
 def hashed(name: str) -> str:
     """``HASH-name``: an 8-character base32 hash of name, then name, cut to fit."""
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
-    full = f"{digest[:8]}-{name}"
+    full = f"{_digest(name)[:8]}-{name}"
     return full if len(full) <= NAME_MAX else full[: NAME_MAX - 3] + "..."
+
+
+def _digest(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def comment(text: str) -> str:
+    """text as a comment nft accepts: unsafe characters replaced by ``?``, and when
+    too long, cut with ``~`` and an 8-character hash of the whole text (readable, and
+    two long names that share a beginning still differ)."""
+    safe = _UNSAFE.sub("?", text)
+    if len(safe) <= COMMENT_MAX and safe == text:
+        return text
+    if len(safe) <= COMMENT_MAX:
+        return safe
+    keep = COMMENT_MAX - 9
+    return f"{safe[:keep]}~{_digest(text)[:8]}"
 
 
 def endpoint_label(addr: str, port: int) -> str:

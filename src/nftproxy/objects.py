@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, NewType
@@ -208,13 +209,90 @@ def _protocol(value: Any, field: str) -> Protocol:
         raise InvalidObjectError(field, f"unknown protocol {value!r}") from None
 
 
-def _metadata(doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+# The API server's name rules (k8s.io/apimachinery/pkg/util/validation). Names reach
+# nft only in comments and chain names; refusing what the API refuses keeps every
+# name to these alphabets and lengths (a file can hold anything).
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_IANA_SVC_NAME = re.compile(r"[-a-z0-9]+")
+LABEL_MAX = 63
+SUBDOMAIN_MAX = 253
+IANA_SVC_NAME_MAX = 15
+
+
+def _checked(value: str, field: str, pattern: re.Pattern[str], limit: int, what: str) -> str:
+    if len(value) > limit or not pattern.fullmatch(value):
+        raise InvalidObjectError(field, f"{value!r} is not a valid {what}")
+    return value
+
+
+def dns_label(value: str, field: str) -> str:
+    """value if it is a DNS-1123 label (namespaces, port names), else an error."""
+    return _checked(value, field, _DNS1123_LABEL, LABEL_MAX, "DNS-1123 label")
+
+
+def dns1035_label(value: str, field: str) -> str:
+    """value if it is a DNS-1035 label (Service names), else an error."""
+    return _checked(value, field, _DNS1035_LABEL, LABEL_MAX, "DNS-1035 label")
+
+
+def dns_subdomain(value: str, field: str) -> str:
+    """value if it is a DNS-1123 subdomain (Pod and EndpointSlice names), else an error."""
+    return _checked(value, field, _DNS1123_SUBDOMAIN, SUBDOMAIN_MAX, "DNS-1123 subdomain")
+
+
+def label_value(value: str, field: str) -> str:
+    """value if it is a valid label value, else an error."""
+    return _checked(value, field, _LABEL_VALUE, LABEL_MAX, "label value")
+
+
+def iana_svc_name(value: str, field: str) -> str:
+    """value if it is an IANA_SVC_NAME (container port names), else an error."""
+    ok = (
+        _IANA_SVC_NAME.fullmatch(value)
+        and len(value) <= IANA_SVC_NAME_MAX
+        and re.search("[a-z]", value)
+        and not value.startswith("-")
+        and not value.endswith("-")
+        and "--" not in value
+    )
+    if not ok:
+        raise InvalidObjectError(field, f"{value!r} is not a valid IANA_SVC_NAME")
+    return value
+
+
+NameRule = Callable[[str, str], str]
+
+
+def _metadata(
+    doc: Mapping[str, Any], name_rule: NameRule = dns_subdomain
+) -> tuple[str, str, Mapping[str, Any]]:
     name = _get(doc, "metadata.name", str)
     if not name:
         raise InvalidObjectError("metadata.name", "missing")
-    namespace = _get(doc, "metadata.namespace", str, "default")
+    name_rule(name, "metadata.name")
+    namespace = dns_label(_get(doc, "metadata.namespace", str, "default"), "metadata.namespace")
     labels = _get(doc, "metadata.labels", Mapping, {})
     return namespace, name, labels
+
+
+def _label(labels: Mapping[str, Any], key: str) -> str | None:
+    value = labels.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidObjectError(f"metadata.labels[{key}]", "expected a string")
+    return label_value(value, f"metadata.labels[{key}]")
+
+
+def _port_name(value: Any, field: str) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidObjectError(field, "expected a string")
+    return dns_label(value, field)
 
 
 def _list(doc: Mapping[str, Any], path: str) -> list[Any]:
@@ -236,7 +314,7 @@ def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
         )
         ports.append(
             ServicePortSpec(
-                name=str(p.get("name") or ""),
+                name=_port_name(p.get("name"), f"{field}.name"),
                 protocol=_protocol(p.get("protocol"), f"{field}.protocol"),
                 port=_port(p.get("port"), f"{field}.port"),
                 node_port=node_port or None,
@@ -288,7 +366,7 @@ def _affinity(doc: Mapping[str, Any]) -> int | None:
 
 def parse_service(doc: Mapping[str, Any]) -> Service:
     """Parse a v1 Service."""
-    namespace, name, labels = _metadata(doc)
+    namespace, name, labels = _metadata(doc, dns1035_label)
     cluster_ips, headless = _cluster_ips(doc)
     svc_type = _get(doc, "spec.type", str, "ClusterIP")
     hc = _get(doc, "spec.healthCheckNodePort", int)
@@ -308,7 +386,7 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         internal_local=_get(doc, "spec.internalTrafficPolicy", str, "Cluster") == "Local",
         source_ranges=_source_ranges(doc),
         health_check_node_port=_port(hc, "spec.healthCheckNodePort") if hc else None,
-        proxy_name=labels.get(PROXY_NAME_LABEL),
+        proxy_name=_label(labels, PROXY_NAME_LABEL),
     )
 
 
@@ -323,6 +401,8 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
     serving = cond.get("serving") is not False
     terminating = cond.get("terminating") is True
     node_name = ep.get("nodeName")
+    if node_name is not None and not isinstance(node_name, str):
+        raise InvalidObjectError(f"endpoints[{i}].nodeName", "expected a string")
     out = []
     for j, text in enumerate(ep.get("addresses") or ()):
         addr = _ip(text, f"endpoints[{i}].addresses[{j}]")
@@ -343,7 +423,7 @@ def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
             continue  # a nil port means "all ports"; kube-proxy ignores such ports too
         ports.append(
             SlicePort(
-                name=str(p.get("name") or ""),
+                name=_port_name(p.get("name"), f"ports[{i}].name"),
                 protocol=_protocol(p.get("protocol"), f"ports[{i}].protocol"),
                 port=_port(p.get("port"), f"ports[{i}].port"),
             )
@@ -354,7 +434,7 @@ def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
 def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice | None:
     """Parse an EndpointSlice; None for address type FQDN (not proxied)."""
     namespace, name, labels = _metadata(doc)
-    service = labels.get(SERVICE_NAME_LABEL)
+    service = _label(labels, SERVICE_NAME_LABEL)
     if not service:
         raise InvalidObjectError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "missing")
     address_type = _get(doc, "addressType", str)
@@ -379,6 +459,8 @@ def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
             if not isinstance(port, Mapping) or not port.get("hostPort"):
                 continue
             host_ip = port.get("hostIP")
+            if port.get("name"):
+                iana_svc_name(str(port["name"]), f"{field}.name")
             out.append(
                 HostPort(
                     host_port=_port(port["hostPort"], f"{field}.hostPort"),
@@ -392,7 +474,7 @@ def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
 
 def parse_pod(doc: Mapping[str, Any]) -> Pod:
     """Parse a v1 Pod."""
-    namespace, name, _ = _metadata(doc)
+    namespace, name, _ = _metadata(doc, dns_subdomain)
     ips = [p.get("ip") for p in _list(doc, "status.podIPs") if isinstance(p, Mapping)]
     if not ips and _get(doc, "status.podIP", str):
         ips = [doc["status"]["podIP"]]

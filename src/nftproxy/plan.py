@@ -13,9 +13,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nftproxy import names
-from nftproxy.nft.model import Chain, DnatMap, Element, Family, Set, SetRef, SetUpdate, Table, VMap
+from nftproxy.nft.model import (
+    Chain,
+    DnatMap,
+    Element,
+    Family,
+    Set,
+    SetRef,
+    SetUpdate,
+    Table,
+    VMap,
+)
 from nftproxy.nft.model import Match as MatchTerm
-from nftproxy.nft.render import ordered_chains
+from nftproxy.nft.render import chain_targets, ordered_chains
 from nftproxy.nft.transaction import (
     AddChain,
     AddElements,
@@ -35,6 +45,12 @@ from nftproxy.nft.transaction import (
 
 def _definition(s: Set) -> tuple[object, ...]:
     return (s.key, s.value, s.interval, s.timeout)
+
+
+def _chain_definition(c: Chain) -> tuple[object, ...]:
+    # The kernel keeps a chain's comment when "add chain" names another one: a chain
+    # whose comment changes is made anew, like one whose hook changes.
+    return (c.base, c.comment)
 
 
 def set_references(chain: Chain) -> Iterator[str]:
@@ -62,14 +78,23 @@ def _load_all(desired: Table) -> list[Change]:
 _ABSENT = object()
 
 
-def _element_diff(want: Set, have: Set) -> tuple[tuple[Element, ...], tuple[Element, ...]]:
-    """Elements to delete from and to add to have, so that it holds want's."""
+def _element_diff(
+    want: Set, have: Set, remade: set[str]
+) -> tuple[tuple[Element, ...], tuple[Element, ...]]:
+    """Elements to delete from and to add to have, so that it holds want's; those that
+    name a chain made anew (``remade``) go and come back around it."""
     if want.dynamic or want.name == names.APPLIED:  # the kernel's, or sync's own marker
         return (), ()
     have_by_key = {e.key: e.value for e in have.elements}
     want_by_key = {e.key: e.value for e in want.elements}
-    stale = tuple(e for e in have.elements if want_by_key.get(e.key, _ABSENT) != e.value)
-    fresh = tuple(e for e in want.elements if have_by_key.get(e.key, _ABSENT) != e.value)
+
+    def differs(value: object, other: object) -> bool:
+        return value != other or (
+            bool(remade) and isinstance(value, tuple) and len(value) == 2 and value[1] in remade
+        )
+
+    stale = tuple(e for e in have.elements if differs(want_by_key.get(e.key, _ABSENT), e.value))
+    fresh = tuple(e for e in want.elements if differs(have_by_key.get(e.key, _ABSENT), e.value))
     return stale, fresh
 
 
@@ -81,6 +106,7 @@ class _Scope:
     drop_sets: set[str]
     drop_chains: set[str]
     rewrite: set[str]
+    remade_chains: set[str]
 
     @property
     def replaced_sets(self) -> set[str]:
@@ -99,8 +125,11 @@ def _scope(
         if n in want_sets and _definition(s) != _definition(want_sets[n])
     }
     drop_chains = {
-        n for n, c in have_chains.items() if n not in want_chains or c.base != want_chains[n].base
+        n
+        for n, c in have_chains.items()
+        if n not in want_chains or _chain_definition(c) != _chain_definition(want_chains[n])
     }
+    remade = drop_chains & set(want_chains)
 
     def rewritten(replaced: set[str]) -> set[str]:
         return {
@@ -108,7 +137,11 @@ def _scope(
             for n, c in want_chains.items()
             if n in have_chains
             and n not in drop_chains
-            and (c.rules != have_chains[n].rules or set(set_references(c)) & replaced)
+            and (
+                c.rules != have_chains[n].rules
+                or set(set_references(c)) & replaced
+                or set(chain_targets(c)) & remade
+            )
         }
 
     drop_sets = set(have_sets) - set(want_sets)
@@ -126,18 +159,18 @@ def _scope(
     if dnat_maps & (set(have_sets) - recreate):
         recreate |= dnat_maps & set(have_sets)
         rewrite = rewritten(recreate | drop_sets)
-    return _Scope(recreate, drop_sets, drop_chains, rewrite)
+    return _Scope(recreate, drop_sets, drop_chains, rewrite, remade)
 
 
 def _element_changes(
-    want_sets: dict[str, Set], have_sets: dict[str, Set], recreated: set[str]
+    want_sets: dict[str, Set], have_sets: dict[str, Set], scope: _Scope
 ) -> tuple[list[Change], list[Change]]:
     """Element deletions and additions, for the sets that stay."""
     stale: list[Change] = []
     fresh: list[Change] = []
     for name, want in want_sets.items():
-        if name in have_sets and name not in recreated:
-            out, add = _element_diff(want, have_sets[name])
+        if name in have_sets and name not in scope.recreate_sets:
+            out, add = _element_diff(want, have_sets[name], scope.remade_chains)
             if out:
                 stale.append(DeleteElements(want, out))
             if add:
@@ -160,7 +193,7 @@ def _diff(desired: Table, current: Table) -> list[Change]:
         | {n for n in scope.drop_chains if have_chains[n].rules}
         | {n for n, c in have_chains.items() if set(set_references(c)) & replaced}
     )
-    stale, fresh = _element_changes(want_sets, have_sets, scope.recreate_sets)
+    stale, fresh = _element_changes(want_sets, have_sets, scope)
     ordered = ordered_chains(desired.chains)
     new_chains = [c for c in ordered if c.name not in have_chains or c.name in scope.drop_chains]
     changes: list[Change] = [FlushChain(n) for n in flush]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from nftproxy.nft.model import Family, Table
-from nftproxy.nft.render import hook_line, render_element, render_rule
+from nftproxy.nft.render import hook_line, quoted, render_element, render_rule
 from nftproxy.nft.transaction import (
     AddChain,
     AddElements,
@@ -98,6 +98,8 @@ def differences(
                     verb = "+" if isinstance(c, AddElements) else "-"
                     elems[(c.set.name, e.key)].append(f"{verb}{text}")
         for (set_name, key), texts in elems.items():
+            if len(texts) == 2 and texts[0][1:] == texts[1][1:]:
+                continue  # written again only because the chain it names was made anew
             status = "changed" if len(texts) > 1 else _ADDED_OR_NOT[texts[0][0] == "+"]
             text = " -> ".join(t[1:] for t in texts)  # deletions come first: old -> new
             out.append(Difference(fam, status, "element", set_name, text, owners.of_key(key)))
@@ -105,17 +107,18 @@ def differences(
             out.append(Difference(fam, "missing", "chain", name, name, owners.of_name(name)))
         for name in sorted(removed - added):
             out.append(Difference(fam, "unexpected", "chain", name, name, owners.of_name(name)))
-        for name in sorted(added & removed):  # made anew: its hook, priority or policy differ
-            text = f"{_hook(have, name)} -> {_hook(want, name)}"
+        for name in sorted(added & removed):  # made anew: hook, priority, policy or comment
+            text = f"{_definition(have, name)} -> {_definition(want, name)}"
             out.append(Difference(fam, "changed", "chain", name, text, owners.of_name(name)))
         flushed = {c.name for c in tx.changes if isinstance(c, FlushChain)} - removed - added
         out += _rule_differences(fam, flushed, want, have, owners)
     return out
 
 
-def _hook(table: Table | None, name: str) -> str:
+def _definition(table: Table | None, name: str) -> str:
     chain = next((c for c in table.chains if c.name == name), None) if table else None
-    return hook_line(chain.base) if chain and chain.base else "regular chain"
+    text = hook_line(chain.base) if chain and chain.base else "regular chain"
+    return text + (f" comment {quoted(chain.comment)}" if chain and chain.comment else "")
 
 
 def _rule_differences(
@@ -128,6 +131,8 @@ def _rule_differences(
     for name in sorted(chains):
         wanted = [render_rule(r, family) for r in w[name].rules] if name in w else []
         held = [render_rule(r, family) for r in h[name].rules] if name in h else []
+        if wanted == held:
+            continue  # written again only because a set or chain it uses was made anew
         for text in wanted:
             if text not in held:
                 out.append(Difference(fam, "missing", "rule", name, text, owners.of_name(name)))

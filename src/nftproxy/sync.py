@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tenacity
@@ -96,11 +96,30 @@ def read_ahead(
 
 @paused_gc()
 def drift(
-    ruleset: Ruleset, current: dict[Family, Table | None], table: str = names.TABLE
+    ruleset: Ruleset,
+    current: dict[Family, Table | None],
+    table: str = names.TABLE,
+    *,
+    chain_comments: bool = True,
 ) -> list[Difference]:
-    """What differs between the ruleset and what the kernel holds (empty when in sync)."""
+    """What differs between the ruleset and what the kernel holds (empty when in sync).
+
+    ``chain_comments=False`` for a state read through nft's JSON listing, which
+    does not show them."""
     desired = desired_tables(ruleset)
+    if not chain_comments:
+        desired = without_chain_comments(desired)
     return differences(plan_all(desired, current, table), desired, current)
+
+
+def without_chain_comments(tables: dict[Family, Table | None]) -> dict[Family, Table | None]:
+    """The tables with every chain's comment left out (nft 1.0.6's JSON has none)."""
+    return {
+        f: None
+        if t is None
+        else replace(t, chains=tuple(replace(c, comment=None) for c in t.chains))
+        for f, t in tables.items()
+    }
 
 
 def desired_tables(ruleset: Ruleset) -> dict[Family, Table | None]:

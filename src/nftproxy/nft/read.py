@@ -52,7 +52,7 @@ from nftproxy.nft.wire import (
 
 TABLE_NAME, TABLE_FLAGS = 1, 2
 TABLE_DORMANT = 0x1
-CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE = 1, 3, 4, 5, 7
+CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE, CHAIN_USERDATA = 1, 3, 4, 5, 7, 12
 HOOK_NUM, HOOK_PRIORITY = 1, 2
 SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
 SET_DATA_TYPE, SET_DATA_LEN, SET_TIMEOUT, SET_USERDATA = 6, 7, 11, 13
@@ -67,10 +67,10 @@ ELEM_INTERVAL_END = 0x1
 DATA_VERDICT = 0xFFFFFF00
 # Type numbers inside nft's user data (libnftnl's include/udata.h).
 UDATA_SET_COMMENT = 7
-UDATA_COMMENT = 0  # of rules and elements
+UDATA_COMMENT = 0  # of rules, elements and chains
 HOOKS = dict(enumerate(Hook))  # NF_INET_PRE_ROUTING .. NF_INET_POST_ROUTING
 GENERATION_ATTEMPTS = 5
-STABLE_ATTEMPTS = 10
+STABLE_ATTEMPTS = 20
 
 
 def comment(userdata: bytes | None, kind: int) -> str | None:
@@ -102,6 +102,7 @@ class TableReader:
         self.family = family
         self.name = name
         self.af = FAMILIES[family]
+        self.retry_dumps = False
 
     def read(self) -> Table | None:
         """The table, or None when it does not exist; consistent across the dumps.
@@ -125,14 +126,20 @@ class TableReader:
         return table
 
     def _stable(self) -> Table | None:
+        # Here each dump is retried on its own: when commits come faster than a whole
+        # read takes, a read made of whole dumps would almost never get through.
+        self.retry_dumps = True
         reads: list[Table | None] = []
-        for _ in range(STABLE_ATTEMPTS):
-            try:
-                reads.append(self._read())
-            except DumpInterruptedError:
-                continue
-            if len(reads) > 1 and _content(reads[-1]) == _content(reads[-2]):
-                return reads[-1]
+        try:
+            for _ in range(STABLE_ATTEMPTS):
+                try:
+                    reads.append(self._read())
+                except DumpInterruptedError:
+                    continue
+                if len(reads) > 1 and _content(reads[-1]) == _content(reads[-2]):
+                    return reads[-1]
+        finally:
+            self.retry_dumps = False
         raise DumpInterruptedError
 
     def _consistent(self) -> Table | None:
@@ -156,12 +163,16 @@ class TableReader:
 
     def _bodies(self, message: Message, attrs: dict[int, bytes]) -> list[bytes]:
         """A dump's replies; none when what it names is gone (the generation tells)."""
-        try:
-            return self.sock.dump(message, self.af, attrs)
-        except NetlinkError as err:
-            if err.errno == errno.ENOENT:
-                return []
-            raise
+        for _ in range(STABLE_ATTEMPTS if self.retry_dumps else 1):
+            try:
+                return self.sock.dump(message, self.af, attrs)
+            except DumpInterruptedError:
+                continue
+            except NetlinkError as err:
+                if err.errno == errno.ENOENT:
+                    return []
+                raise
+        raise DumpInterruptedError
 
     def _dump(self, message: Message, attrs: dict[int, bytes], table_attr: int) -> list[Attrs]:
         out = [attributes(b) for b in self._bodies(message, attrs)]
@@ -233,7 +244,13 @@ class TableReader:
             found[text(a[RULE_CHAIN])].append(rule)
         chains = self._dump(Message.GETCHAIN, {CHAIN_TABLE: string(self.name)}, CHAIN_TABLE)
         return tuple(
-            Chain(text(a[CHAIN_NAME]), tuple(found[text(a[CHAIN_NAME])]), _base(a)) for a in chains
+            Chain(
+                text(a[CHAIN_NAME]),
+                tuple(found[text(a[CHAIN_NAME])]),
+                _base(a),
+                comment(a.get(CHAIN_USERDATA), UDATA_COMMENT),
+            )
+            for a in chains
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 
+from nftproxy import names
 from nftproxy.nft.model import (
     BaseHook,
     Chain,
@@ -134,8 +135,24 @@ def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branc
     raise TypeError(f"unknown rule term {term!r}")
 
 
+class UnsafeTextError(ValueError):
+    """Text that must not reach nft: it would break the script or change its meaning."""
+
+
+def quoted(text: str) -> str:
+    """text in double quotes, as nft reads a comment; refused unless it is safe.
+
+    nft's quoted strings know no escapes: a quote would end the string and let the
+    rest be read as commands. The builder makes every comment safe
+    (:func:`nftproxy.names.comment`); this is the last check before nft.
+    """
+    if len(text.encode()) > names.COMMENT_MAX or not names.COMMENT_SAFE.fullmatch(text):
+        raise UnsafeTextError(f"refusing to write {text!r} into an nft comment")
+    return f'"{text}"'
+
+
 def _comment(text: str | None) -> str:
-    return "" if text is None else f' comment "{text}"'
+    return "" if text is None else f" comment {quoted(text)}"
 
 
 def render_rule(rule: Rule, family: Family) -> str:
@@ -178,7 +195,7 @@ def _render_set(s: Set, family: Family) -> Iterator[str]:
     if s.timeout is not None:
         yield f"\t\ttimeout {s.timeout}s"
     if s.comment:
-        yield f'\t\tcomment "{s.comment}"'
+        yield f"\t\tcomment {quoted(s.comment)}"
     if s.elements:
         body = ",\n\t\t\t     ".join(render_element(e, s) for e in s.elements)
         yield f"\t\telements = {{ {body} }}"
@@ -195,7 +212,7 @@ def hook_line(b: BaseHook) -> str:
 def _render_chain(chain: Chain, family: Family) -> Iterator[str]:
     yield f"\tchain {chain.name} {{"
     if chain.comment:
-        yield f'\t\tcomment "{chain.comment}"'
+        yield f"\t\tcomment {quoted(chain.comment)}"
     if chain.base is not None:
         yield f"\t\t{hook_line(chain.base)}"
     for rule in chain.rules:
@@ -235,7 +252,7 @@ def render_table(table: Table) -> str:
     """Render one table as a declarative block."""
     lines = [f"table {table.family.value} {table.name} {{"]
     if table.comment:
-        lines.append(f'\tcomment "{table.comment}"')
+        lines.append(f"\tcomment {quoted(table.comment)}")
     for s in table.sets:
         lines.extend(_render_set(s, table.family))
     for chain in ordered_chains(table.chains):
@@ -265,7 +282,7 @@ def _declare_chain(chain: Chain) -> str:
     if chain.base is not None:
         parts.append(hook_line(chain.base))
     if chain.comment:
-        parts.append(f'comment "{chain.comment}";')
+        parts.append(f"comment {quoted(chain.comment)};")
     return f"{chain.name} {{ {' '.join(parts)} }}" if parts else chain.name
 
 
