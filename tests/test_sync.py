@@ -30,6 +30,7 @@ from nftproxy.report import differences
 from nftproxy.state import compute_state
 from nftproxy.sync import (
     desired_tables,
+    drift,
     plan_all,
     read_tables,
     sync,
@@ -433,3 +434,50 @@ def test_foreign_objects_inside_our_table_are_reported_and_removed(
     sync(kernel, rs)
     assert in_sync(kernel, rs)
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[0]}
+
+
+NS63 = "n" * 62 + "1"
+SVC63 = "s" + "v" * 61 + "2"
+PORT63 = "p" * 63
+
+
+def test_names_of_maximal_length_apply(lab: tuple[Lab, Libnftables]) -> None:
+    """Namespace, Service and port names as long as the API allows: every sync works,
+    and the kernel holds exactly the (cut) comments the builder made."""
+    lab_, kernel = lab
+    ports = [{"name": PORT63, "port": 53, "protocol": "UDP", "nodePort": 30053}]
+    docs = [
+        service(SVC63, ns=NS63, type="NodePort", ports=ports, sessionAffinity="ClientIP"),
+        slice_(
+            SVC63,
+            endpoint(EPS[1]),
+            ns=NS63,
+            ports=[{"name": PORT63, "port": 53, "protocol": "UDP"}],
+        ),
+    ]
+    rs = ruleset(*docs)
+    sync(kernel, rs)
+    assert in_sync(kernel, rs)
+    assert reached(lab_, CLIENT, "172.30.0.10", 53, proto="udp", tries=1) == {EPS[1]}
+
+
+def test_a_new_affinity_timeout_reaches_the_chain_comment(lab: tuple[Lab, Libnftables]) -> None:
+    """The sticky chain's comment names the timeout; an incremental apply changes it
+    (the kernel keeps a chain's comment on 'add chain', so the chain is made anew)."""
+    lab_, kernel = lab
+    sync(kernel, ruleset(*web(*EPS, sessionAffinity="ClientIP")))
+    shorter = {"clientIP": {"timeoutSeconds": 60}}
+    rs = ruleset(*web(*EPS, sessionAffinity="ClientIP", sessionAffinityConfig=shorter))
+    seen = [d.text for d in drift(rs, read_tables(kernel)) if d.kind == "chain"]
+    assert len(seen) == 2 and all(t.endswith('affinity 60s"') for t in seen), seen
+    result = sync(kernel, rs)
+    assert not result.full
+    assert in_sync(kernel, rs)
+    table = read_tables(kernel)[Family.IP]
+    assert table is not None
+    comments = {c.comment for c in table.chains if c.name.startswith("sticky-")}
+    assert comments == {
+        "ns/web/tcp/http: ClientIP affinity 60s",
+        "ns/web/udp/dns: ClientIP affinity 60s",
+    }
+    assert len(reached(lab_, CLIENT, "172.30.0.10", 80)) == 1

@@ -169,7 +169,7 @@ def unique(elements: Iterable[Element]) -> tuple[Element, ...]:
 
 def fit(name: str) -> str:
     """name itself, or its hashed short form when nft would find it too long."""
-    return name if len(name) <= names.NAME_MAX else names.hashed(name)
+    return name if len(name) <= names.NAME_MAX else names.hashed(name, prefix="long-")
 
 
 class _TableBuilder:

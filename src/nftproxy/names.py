@@ -42,9 +42,12 @@ HAIRPIN = "hairpin"
 APPLIED = "applied"
 
 
-def hashed(name: str) -> str:
-    """``HASH-name``: an 8-character base32 hash of name, then name, cut to fit."""
-    full = f"{_digest(name)[:8]}-{name}"
+def hashed(name: str, prefix: str = "") -> str:
+    """``[prefix]HASH-name``: an 8-character base32 hash of name, then name, cut to fit.
+
+    Without a prefix the result may begin with a digit, which nft does not read as
+    a name: callers put it after a word (``sticky-``, ``affinity-``)."""
+    full = f"{prefix}{_digest(name)[:8]}-{name}"
     return full if len(full) <= NAME_MAX else full[: NAME_MAX - 3] + "..."
 
 
@@ -53,16 +56,19 @@ def _digest(text: str) -> str:
 
 
 def comment(text: str) -> str:
-    """text as a comment nft accepts: unsafe characters replaced by ``?``, and when
-    too long, cut with ``~`` and an 8-character hash of the whole text (readable, and
-    two long names that share a beginning still differ)."""
+    """text as a comment nft accepts: unsafe characters replaced by ``?``; when too
+    long, the longest ``/``-separated parts are cut alike (every part of
+    ``namespace/name/protocol/port`` stays readable), then ``~`` and an 8-character
+    hash of the whole text (two long names that share a beginning still differ)."""
     safe = _UNSAFE.sub("?", text)
-    if len(safe) <= COMMENT_MAX and safe == text:
-        return text
     if len(safe) <= COMMENT_MAX:
         return safe
-    keep = COMMENT_MAX - 9
-    return f"{safe[:keep]}~{_digest(text)[:8]}"
+    parts = safe.split("/")
+    budget = COMMENT_MAX - 9 - (len(parts) - 1)
+    while sum(map(len, parts)) > budget:
+        longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+        parts[longest] = parts[longest][:-1]
+    return f"{'/'.join(parts)}~{_digest(text)[:8]}"
 
 
 def endpoint_label(addr: str, port: int) -> str:
