@@ -73,13 +73,18 @@ BASE_CHAINS = (
 
 # (base chain, chain it jumps to, only for new connections). reject is valid only
 # in input, forward and output, hence the endpoint check is not in prerouting.
+# The endpoint check runs after DNAT on every path: input and forward come after
+# prerouting's DNAT, and on the output path (the node itself, hostNetwork pods) it
+# runs after nat-output, so that the short-circuit of an externalTrafficPolicy: Local
+# Service without local endpoints is taken before the "drop" for outside clients is
+# seen (kubernetes#131765, fixed upstream by PR #132456).
 JUMPS = (
     ("filter-prerouting", names.FIREWALL_CHECK, True),
     ("filter-input", names.ENDPOINTS_CHECK, True),
     ("filter-forward", names.ENDPOINTS_CHECK, True),
     ("filter-forward", names.CLUSTER_IPS_CHECK, True),
-    ("filter-output", names.ENDPOINTS_CHECK, True),
     ("filter-output", names.FIREWALL_CHECK, True),
+    ("filter-output-post-dnat", names.ENDPOINTS_CHECK, True),
     ("filter-output-post-dnat", names.CLUSTER_IPS_CHECK, True),
     ("nat-prerouting", names.SERVICES, False),
     ("nat-output", names.SERVICES, False),
