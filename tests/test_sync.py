@@ -19,7 +19,6 @@ from nftproxy.build import build
 from nftproxy.cleanup import cleanup
 from nftproxy.cli import main
 from nftproxy.config import NodeConfig, parse_cidrs
-from nftproxy.conntrack import delete_stale
 from nftproxy.features import missing_features
 from nftproxy.kernel import Libnftables, NftError
 from nftproxy.lab.netns import Lab, in_ns
@@ -27,12 +26,13 @@ from nftproxy.lab.probe import Reached, connect, namespace
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.model import Family, Ruleset, VerdictKind
 from nftproxy.report import differences
-from nftproxy.state import compute_state
+from nftproxy.state import compute_state, serving_flows
 from nftproxy.sync import (
     desired_tables,
     drift,
     plan_all,
     read_tables,
+    stale_plan,
     sync,
     sync_with_retries,
     without_chain_comments,
@@ -232,23 +232,124 @@ def test_no_gap_while_reapplying(lab: tuple[Lab, Libnftables], tmp_path: Path) -
     assert len(results) > 50 and not failures, (len(results), failures[:3])
 
 
+class _UdpClient:
+    """A connected UDP socket in a client's namespace; ``ask`` names the endpoint
+    that answered."""
+
+    def __init__(self, lab: Lab, src: str, dst: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in src else socket.AF_INET
+        with namespace(lab.hosts[ipaddress.ip_address(src)]):
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.settimeout(1)
+        self.sock.connect((dst, port))
+
+    def ask(self) -> str:
+        self.sock.send(b"?")
+        return self.sock.recv(512).decode().split()[1]
+
+    def __enter__(self) -> _UdpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def _udp_sync(kernel: Libnftables, docs: list[dict[str, Any]], node: NodeConfig = NODE) -> int:
+    """Apply docs as ``apply`` does; how many stale conntrack entries were deleted."""
+    loaded = Loaded()
+    load_objects(iter(docs), "test", loaded)
+    state = compute_state(loaded.objects, node)
+    rs = build(state)
+    result = sync(kernel, rs)
+    return kernel.delete_stale_flows(stale_plan(result.previous, rs, serving_flows(state)))
+
+
 def test_udp_client_leaves_a_removed_endpoint(lab: tuple[Lab, Libnftables]) -> None:
     """The conntrack entry to a removed endpoint is deleted: the next datagram goes elsewhere."""
     lab_, kernel = lab
-    sync(kernel, ruleset(*web(EPS[1], EPS[2])))
-    with namespace(lab_.hosts[ipaddress.ip_address(CLIENT)]):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        sock.settimeout(1)
-        sock.connect(("172.30.0.10", 53))
-        sock.send(b"?")
-        first = sock.recv(512).decode().split()[1]
+    _udp_sync(kernel, web(EPS[1], EPS[2]))
+    with _UdpClient(lab_, CLIENT, "172.30.0.10", 53) as client:
+        first = client.ask()
         keep = EPS[2] if first == EPS[1] else EPS[1]
-        result = sync(kernel, ruleset(*web(keep)))
-        assert [f.endpoint_addr for f in result.stale_flows] == [first]
-        assert delete_stale(result.stale_flows, lab_.node) >= 1
-        sock.send(b"?")
-        assert sock.recv(512).decode().split()[1] == keep
+        assert _udp_sync(kernel, web(keep)) == 1
+        assert client.ask() == keep
+
+
+def test_a_sticky_udp_client_leaves_a_removed_endpoint(lab: tuple[Lab, Libnftables]) -> None:
+    """ClientIP affinity keeps endpoints in the Service's own chain: a removed one's
+    flows go too (kubernetes#19029, again in #139628)."""
+    lab_, kernel = lab
+    _udp_sync(kernel, web(EPS[1], EPS[2], sessionAffinity="ClientIP"))
+    with _UdpClient(lab_, CLIENT, "172.30.0.10", 53) as client:
+        first = client.ask()
+        keep = EPS[2] if first == EPS[1] else EPS[1]
+        assert _udp_sync(kernel, web(keep, sessionAffinity="ClientIP")) == 1
+        assert client.ask() == keep
+
+
+def test_a_terminating_endpoint_keeps_its_flow(lab: tuple[Lab, Libnftables]) -> None:
+    """An endpoint that becomes serving-terminating leaves the rules (ready ones
+    exist) but still serves: its clients' flows stay, as with kube-proxy."""
+    lab_, kernel = lab
+    _udp_sync(kernel, web(EPS[1], EPS[2]))
+    with _UdpClient(lab_, CLIENT, "172.30.0.10", 53) as client:
+        first = client.ask()
+        other = EPS[2] if first == EPS[1] else EPS[1]
+        docs = [
+            service("web", ports=PORTS, type="NodePort"),
+            slice_(
+                "web",
+                endpoint(first, ready=False, serving=True, terminating=True),
+                endpoint(other),
+                ports=SLICE_PORTS,
+            ),
+        ]
+        assert _udp_sync(kernel, docs) == 0
+        assert client.ask() == first
+
+
+def test_a_deleted_udp_services_flows_go(lab: tuple[Lab, Libnftables]) -> None:
+    """Flows to the ClusterIP and the NodePort of a deleted UDP Service are deleted."""
+    lab_, kernel = lab
+    node_port = [
+        {"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+        {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+    ]
+    docs = [service("web", ports=node_port, type="NodePort"), web(EPS[1])[1]]
+    _udp_sync(kernel, docs)
+    with (
+        _UdpClient(lab_, CLIENT, "172.30.0.10", 53) as via_cluster_ip,
+        _UdpClient(lab_, EXTERNAL, "192.168.0.2", 30053) as via_node_port,
+    ):
+        assert via_cluster_ip.ask() == via_node_port.ask() == EPS[1]
+        assert _udp_sync(kernel, []) == 2
+
+
+def test_ipv6_udp_client_leaves_a_removed_endpoint() -> None:
+    """The same for IPv6 (the conntrack dump of pyroute2 0.9 failed there with EINVAL)."""
+    eps = ("fd00:1::1", "fd00:1::2")
+    client_addr = "fd00:10::2"
+    node = NodeConfig("node-a", (ipaddress.ip_address("2001:db8::2"),), (), ())
+
+    def docs(*addrs: str) -> list[dict[str, Any]]:
+        spec: dict[str, Any] = {"clusterIP": "fd00:30::10", "ipFamilies": ["IPv6"]}
+        return [
+            service("dns", ports=PORTS[1:], **spec),
+            slice_("dns", *map(endpoint, addrs), ports=SLICE_PORTS[1:], family="IPv6"),
+        ]
+
+    with Lab("ct6") as lab_:
+        lab_.add_node_ip(ipaddress.ip_address("2001:db8::2"))
+        for addr in (client_addr, *eps):
+            lab_.add_host(ipaddress.ip_address(addr))
+        lab_.start_responders([53])
+        kernel = Libnftables(lab_.node)
+        _udp_sync(kernel, docs(*eps), node)
+        with _UdpClient(lab_, client_addr, "fd00:30::10", 53) as client:
+            first = client.ask()
+            keep = eps[1] if first == eps[0] else eps[0]
+            assert _udp_sync(kernel, docs(keep), node) == 1
+            assert client.ask() == keep
 
 
 class _BrokenOnce(Libnftables):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nftproxy import log, names
 from nftproxy.build import build
@@ -25,7 +25,7 @@ from nftproxy.nft.model import Ruleset
 from nftproxy.nft.render import render_script
 from nftproxy.nft.wire import NetlinkError
 from nftproxy.problems import Problem
-from nftproxy.state import compute_state
+from nftproxy.state import ProxyState, compute_state
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,9 +127,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     wanted = desired(args)
     if wanted is None:
         return 1
-    ruleset, problems = wanted
-    sys.stdout.write(render_script(ruleset, names.TABLE))
-    return status(args, problems)
+    sys.stdout.write(render_script(wanted.ruleset, names.TABLE))
+    return status(args, wanted.problems)
 
 
 def status(args: argparse.Namespace, problems: list[Problem]) -> int:
@@ -137,7 +136,16 @@ def status(args: argparse.Namespace, problems: list[Problem]) -> int:
     return 1 if args.strict and any(not p.note for p in problems) else 0
 
 
-def desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
+class Wanted(NamedTuple):
+    """What the manifests ask for: the ruleset, what was skipped, and the state it
+    was built from."""
+
+    ruleset: Ruleset
+    problems: list[Problem]
+    state: ProxyState
+
+
+def desired(args: argparse.Namespace) -> Wanted | None:
     """The desired ruleset from manifests, or None when nothing usable was read."""
     node = node_config(args)
     loaded = load_paths(args.paths)
@@ -147,7 +155,7 @@ def desired(args: argparse.Namespace) -> tuple[Ruleset, list[Problem]] | None:
     if not loaded.objects and any(not p.note for p in problems):
         print("nftproxy: nothing usable could be read", file=sys.stderr)
         return None
-    return build(state), problems
+    return Wanted(build(state), problems, state)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

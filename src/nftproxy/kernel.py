@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from nftproxy.config import NETNS_DIR, require_netns
+from nftproxy.conntrack import StalePlan, delete_stale
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, table_names
 from nftproxy.nft.wire import Socket
@@ -85,6 +86,9 @@ class Kernel(Protocol):
 
     def list_table(self, family: Family, name: str) -> dict[str, Any] | None:
         """``nft -j list table`` as parsed JSON, or None when the table is absent."""
+
+    def delete_stale_flows(self, plan: StalePlan) -> int:
+        """Delete the conntrack entries plan finds stale; how many were deleted."""
 
 
 CLONE_NEWNET = 0x40000000
@@ -184,3 +188,7 @@ class Libnftables:
     def tables(self, family: Family) -> set[str]:
         """The names of the tables in a family."""
         return table_names(self._sock, family)
+
+    def delete_stale_flows(self, plan: StalePlan) -> int:
+        """Delete stale conntrack entries (the netfilter socket speaks conntrack too)."""
+        return delete_stale(plan, self._sock)

@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from nftproxy import report
+from nftproxy import log, report
 from nftproxy.cleanup import cleanup
 from nftproxy.cli import desired, status
-from nftproxy.conntrack import delete_stale
+from nftproxy.conntrack import StalePlan
 from nftproxy.features import missing_features
 from nftproxy.kernel import Libnftables
-from nftproxy.sync import drift, read_ahead, sync, sync_with_retries
+from nftproxy.state import serving_flows
+from nftproxy.sync import drift, read_ahead, stale_plan, sync, sync_with_retries
 
 
 def _kernel(args: argparse.Namespace) -> Libnftables:
@@ -40,7 +41,7 @@ def apply(args: argparse.Namespace) -> int:
     current = pending() if pending is not None else None
     if wanted is None:
         return 1
-    ruleset, problems = wanted
+    ruleset, problems, state = wanted
     kernel = _kernel(args)
     if args.dry_run:
         result = sync(kernel, ruleset, dry_run=True)
@@ -52,14 +53,21 @@ def apply(args: argparse.Namespace) -> int:
             print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
         return 2
     result = sync_with_retries(kernel, ruleset, checkpoint=checkpoint, read_already=current)
-    flushed = delete_stale(result.stale_flows, args.netns)
+    flows = _delete_stale_flows(kernel, stale_plan(result.previous, ruleset, serving_flows(state)))
     kind = "full" if result.full else "incremental"
     kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
-    print(
-        f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); "
-        f"{flushed} stale conntrack entries deleted"
-    )
+    print(f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); {flows}")
     return status(args, problems)
+
+
+def _delete_stale_flows(kernel: Libnftables, plan: StalePlan) -> str:
+    """Delete stale conntrack entries; a failure is logged, never fails the sync
+    (the rules are in; the flows time out on their own at worst)."""
+    try:
+        return f"{kernel.delete_stale_flows(plan)} stale conntrack entries deleted"
+    except OSError as err:
+        log.logger().warning("conntrack cleanup failed", error=str(err), entries=len(plan.keep))
+        return f"conntrack cleanup failed: {err}"
 
 
 def diff(args: argparse.Namespace) -> int:

@@ -103,6 +103,8 @@ class ServicePort:
     external_local: bool = False
     affinity_timeout: int | None = None
     source_ranges: tuple[IPNetwork, ...] = ()
+    serving_endpoints: tuple[Endpoint, ...] = ()
+    """Every endpoint that serves, terminating ones included: their UDP flows stay."""
 
     @property
     def protocol(self) -> Protocol:
@@ -222,6 +224,7 @@ def _service_ports(
             external_local=svc.external_local and svc.type in ("NodePort", "LoadBalancer"),
             affinity_timeout=svc.affinity_timeout,
             source_ranges=_source_ranges(svc, node, version),
+            serving_endpoints=tuple(e for e, sl in eps.items() if sl.serving),
         )
 
 
@@ -287,6 +290,20 @@ def _claim_entries(ports: list[ServicePort]) -> tuple[list[ServicePort], list[Pr
 def _port_order(sp: ServicePort) -> tuple[str, str, str, str]:
     n = sp.name  # a plain tuple: comparing the dataclasses is ten times slower
     return (n.namespace, n.name, n.protocol.value, n.port)
+
+
+def serving_flows(state: ProxyState) -> dict[tuple[str, str, int], frozenset[tuple[str, int]]]:
+    """(protocol, entry address, entry port) -> the (address, port) of every endpoint
+    that serves it: flows to these survive a sync (see :mod:`nftproxy.conntrack`)."""
+    out: dict[tuple[str, str, int], frozenset[tuple[str, int]]] = {}
+    for fs in state.families:
+        for sp in fs.service_ports:
+            if sp.protocol == Protocol.TCP:
+                continue
+            serving = frozenset((str(e.addr), e.port) for e in sp.serving_endpoints)
+            for entry in sp.entries:
+                out[(sp.protocol.value, str(entry.addr), entry.port)] = serving
+    return out
 
 
 def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,14 +26,15 @@ import tenacity
 
 from nftproxy import checkpoint as checkpoints
 from nftproxy import names
-from nftproxy.conntrack import PROTOCOLS, StaleFlow
+from nftproxy.conntrack import EntryKey, StalePlan, Target, plan_stale
 from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import Kernel, NftError
-from nftproxy.nft.model import DataType, Element, Family, Ruleset, Table
+from nftproxy.nft.model import Element, Family, Ruleset, Table
 from nftproxy.nft.parse import parse_table
 from nftproxy.nft.render import render_change, render_script, render_transaction
 from nftproxy.nft.transaction import AddElements, Change, FlushSet, Transaction
 from nftproxy.plan import Summary, plan, summarize
+from nftproxy.reach import reach_all
 from nftproxy.report import Difference, differences
 
 FAMILIES = (Family.IP, Family.IP6)
@@ -48,7 +49,8 @@ class SyncResult:
     summary: Summary
     seconds: float
     full: bool
-    stale_flows: tuple[StaleFlow, ...]
+    previous: dict[Family, Table | None]
+    """What the sync planned against: the rules it replaced."""
     from_checkpoint: bool = False
 
 
@@ -138,27 +140,13 @@ def plan_all(
     return tuple(tx for tx in txs if tx)
 
 
-def _endpoints(t: Table | None) -> Iterator[tuple[str, str, int, str, int]]:
-    """(proto, entry addr, entry port, endpoint addr, endpoint port) of UDP/SCTP backends."""
-    if t is None:
-        return
-    for s in t.sets:
-        if s.is_map and s.value == (DataType.ADDR, DataType.SERVICE) and not s.dynamic:
-            for e in s.elements:
-                addr, proto, port = e.key[:3]
-                if proto in PROTOCOLS and e.value is not None:
-                    yield proto, addr, int(port), e.value[0], int(e.value[1])
-
-
-def stale_flows(
-    desired: dict[Family, Table | None], current: dict[Family, Table | None]
-) -> tuple[StaleFlow, ...]:
-    """UDP/SCTP entry-to-endpoint pairs the kernel has and the desired state drops."""
-    out: set[StaleFlow] = set()
-    for f in FAMILIES:
-        keep = set(_endpoints(desired[f]))
-        out.update(StaleFlow(*x) for x in _endpoints(current[f]) if x not in keep)
-    return tuple(sorted(out, key=lambda s: (s.entry_addr, s.entry_port, s.endpoint_addr)))
+def stale_plan(
+    previous: dict[Family, Table | None],
+    ruleset: Ruleset,
+    serving: Mapping[EntryKey, frozenset[Target]],
+) -> StalePlan:
+    """The UDP/SCTP flows that applying ruleset over previous makes stale."""
+    return plan_stale(reach_all(previous), reach_all(desired_tables(ruleset)), serving)
 
 
 # -- checkpoints --------------------------------------------------------------
@@ -230,8 +218,7 @@ def sync(
         if checkpoint is not None:
             checkpoints.save(checkpoint, checkpoints.Checkpoint(stamp, desired))
     seconds = time.perf_counter() - start
-    flows = stale_flows(desired, current)
-    return SyncResult(txs, script, summary, seconds, full, flows, from_checkpoint=trusted)
+    return SyncResult(txs, script, summary, seconds, full, current, from_checkpoint=trusted)
 
 
 def sync_with_retries(

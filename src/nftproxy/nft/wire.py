@@ -124,12 +124,18 @@ def be32_signed(payload: bytes) -> int:
 
 
 def request(
-    message: Message, family: int, attrs: dict[int, bytes], sequence: int, *, dump: bool = True
+    message: int,
+    family: int,
+    attrs: dict[int, bytes],
+    sequence: int,
+    *,
+    dump: bool = True,
+    subsystem: int = NFNL_SUBSYS_NFTABLES,
 ) -> bytes:
     """A request for message in family (AF_UNSPEC: every family): a dump, or one
-    object followed by an acknowledgement."""
+    object followed by an acknowledgement. The subsystem is nf_tables unless told."""
     body = _NFGEN.pack(family, 0, 0) + encode(attrs)
-    kind = (NFNL_SUBSYS_NFTABLES << 8) | message
+    kind = (subsystem << 8) | message
     flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
     return _HEADER.pack(_HEADER.size + len(body), kind, flags, sequence, 0) + body
 
@@ -166,7 +172,8 @@ def replies(data: bytes, sequence: int) -> Replies:
 
 
 class Socket:
-    """A netlink socket to nf_tables, opened in the caller's network namespace."""
+    """A netfilter netlink socket (nf_tables, or conntrack with ``subsystem``), opened
+    in the caller's network namespace."""
 
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -176,7 +183,13 @@ class Socket:
         self._buffer = bytearray(1 << 20)
 
     def dump(
-        self, message: Message, family: int, attrs: dict[int, bytes], *, dump: bool = True
+        self,
+        message: int,
+        family: int,
+        attrs: dict[int, bytes],
+        *,
+        dump: bool = True,
+        subsystem: int = NFNL_SUBSYS_NFTABLES,
     ) -> list[bytes]:
         """Every reply body of one request (a dump unless ``dump`` is false).
 
@@ -184,7 +197,9 @@ class Socket:
         raised: the kernel refuses a new dump on a socket whose last one is unfinished.
         """
         self._sequence += 1
-        self._sock.send(request(message, family, attrs, self._sequence, dump=dump))
+        self._sock.send(
+            request(message, family, attrs, self._sequence, dump=dump, subsystem=subsystem)
+        )
         out: list[bytes] = []
         done = interrupted = False
         while not done:
