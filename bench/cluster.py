@@ -23,14 +23,14 @@ def _ip(base: str, offset: int) -> str:
     return str(ipaddress.ip_address(base) + offset)
 
 
-def service(i: int, endpoints: int) -> list[dict[str, Any]]:
+def service(i: int, endpoints: int, protocol: str = "TCP") -> list[dict[str, Any]]:
     """Service i and its slice. Every 10th is a LoadBalancer (every 20th with source
     ranges), 2 in 10 are NodePorts, every 20th has ClientIP affinity, every 10th uses
     externalTrafficPolicy Local."""
     spec: dict[str, Any] = {
         "type": "ClusterIP",
         "clusterIP": _ip("172.16.0.1", i),
-        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": 80, "protocol": protocol}],
     }
     doc: dict[str, Any] = {
         "apiVersion": "v1",
@@ -68,12 +68,12 @@ def service(i: int, endpoints: int) -> list[dict[str, Any]]:
         },
         "addressType": "IPv4",
         "endpoints": eps,
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": 8080, "protocol": protocol}],
     }
     return [doc, eslice]
 
 
-def cluster(services: int, endpoints: int) -> dict[str, Any]:
+def cluster(services: int, endpoints: int, protocol: str = "TCP") -> dict[str, Any]:
     """The whole cluster as one ``kind: List`` (what ``kubectl get -o json`` prints)."""
-    items = [obj for i in range(services) for obj in service(i, endpoints)]
+    items = [obj for i in range(services) for obj in service(i, endpoints, protocol)]
     return {"apiVersion": "v1", "kind": "List", "items": items}

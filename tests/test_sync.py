@@ -261,7 +261,7 @@ def _udp_sync(kernel: Libnftables, docs: list[dict[str, Any]], node: NodeConfig 
     state = compute_state(loaded.objects, node)
     rs = build(state)
     result = sync(kernel, rs)
-    return kernel.delete_stale_flows(stale_plan(result.previous, rs, serving_flows(state)))
+    return kernel.delete_stale_flows(stale_plan(result, rs, serving_flows(state)))
 
 
 def test_udp_client_leaves_a_removed_endpoint(lab: tuple[Lab, Libnftables]) -> None:

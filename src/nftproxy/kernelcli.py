@@ -53,7 +53,7 @@ def apply(args: argparse.Namespace) -> int:
             print(f"nftproxy: this kernel or nft lacks {feature}: {error}", file=sys.stderr)
         return 2
     result = sync_with_retries(kernel, ruleset, checkpoint=checkpoint, read_already=current)
-    flows = _delete_stale_flows(kernel, stale_plan(result.previous, ruleset, serving_flows(state)))
+    flows = _delete_stale_flows(kernel, stale_plan(result, ruleset, serving_flows(state)))
     kind = "full" if result.full else "incremental"
     kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
     print(f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); {flows}")

@@ -32,7 +32,16 @@ from nftproxy.kernel import Kernel, NftError
 from nftproxy.nft.model import Element, Family, Ruleset, Table
 from nftproxy.nft.parse import parse_table
 from nftproxy.nft.render import render_change, render_script, render_transaction
-from nftproxy.nft.transaction import AddElements, Change, FlushSet, Transaction
+from nftproxy.nft.transaction import (
+    AddChain,
+    AddElements,
+    Change,
+    DeleteChain,
+    DeleteElements,
+    FlushChain,
+    FlushSet,
+    Transaction,
+)
 from nftproxy.plan import Summary, plan, summarize
 from nftproxy.reach import reach_all
 from nftproxy.report import Difference, differences
@@ -140,13 +149,33 @@ def plan_all(
     return tuple(tx for tx in txs if tx)
 
 
+_ENTRY_MAPS = {names.SERVICE_IPS, names.BACKENDS, names.LOCAL_BACKENDS, names.NO_ENDPOINT_SERVICES}
+
+
+def _touched(txs: tuple[Transaction, ...]) -> tuple[set[EntryKey], set[str]]:
+    """The UDP/SCTP entries whose elements a sync changed, and the chains it changed."""
+    keys: set[EntryKey] = set()
+    chains: set[str] = set()
+    for tx in txs:
+        for c in tx.changes:
+            if isinstance(c, (AddElements, DeleteElements)) and c.set.name in _ENTRY_MAPS:
+                keys.update((e.key[1], e.key[0], int(e.key[2])) for e in c.elements)
+            elif isinstance(c, (AddChain, DeleteChain, FlushChain)):
+                chains.add(c.chain.name if isinstance(c, AddChain) else c.name)
+    return keys, chains
+
+
 def stale_plan(
-    previous: dict[Family, Table | None],
-    ruleset: Ruleset,
-    serving: Mapping[EntryKey, frozenset[Target]],
+    result: SyncResult, ruleset: Ruleset, serving: Mapping[EntryKey, frozenset[Target]]
 ) -> StalePlan:
-    """The UDP/SCTP flows that applying ruleset over previous makes stale."""
-    return plan_stale(reach_all(previous), reach_all(desired_tables(ruleset)), serving)
+    """The UDP/SCTP flows that a sync made stale. Only the entries whose elements or
+    chains the sync changed are looked at (all after a full load): O(changes)."""
+    keys, chains = (None, set[str]()) if result.full else _touched(result.transactions)
+    if keys is not None and not keys and not chains:
+        return StalePlan({})
+    before = reach_all(result.previous, keys, chains)
+    after = reach_all(desired_tables(ruleset), keys, chains)
+    return plan_stale(before, after, serving)
 
 
 # -- checkpoints --------------------------------------------------------------
