@@ -5,12 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for bin in nft ip conntrack iptables sysctl; do command -v "$bin" >/dev/null || need_apt=1; done
+for bin in nft ip conntrack iptables ipset sysctl; do command -v "$bin" >/dev/null || need_apt=1; done
 [ -d /usr/lib/python3/dist-packages/nftables ] || need_apt=1
 if [ "$need_apt" = 1 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        nftables python3-nftables iproute2 conntrack iptables procps >/dev/null
+        nftables python3-nftables iproute2 conntrack iptables ipset procps >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}

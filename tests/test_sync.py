@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import subprocess
 import sys
@@ -387,23 +388,112 @@ def test_feature_probe(lab: tuple[Lab, Libnftables]) -> None:
     assert [name for name, _ in missing_features(lab[1], bogus)] == ["a made-up statement"]
 
 
+KUBELET_RULES = """*filter
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A OUTPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -j DROP
+COMMIT
+*mangle
+:KUBE-IPTABLES-HINT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+COMMIT
+*nat
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-MARK-DROP - [0:0]
+COMMIT
+"""
+KUBE_PROXY_RULES = """*filter
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+:KUBE-CUSTOM - [0:0]
+-A INPUT -m conntrack --ctstate NEW -j KUBE-PROXY-FIREWALL
+-A INPUT -j KUBE-NODEPORTS
+-A INPUT -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES
+-A FORWARD -j KUBE-FORWARD
+-A FORWARD -m conntrack --ctstate NEW -j KUBE-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -j KUBE-SERVICES
+-A INPUT -j KUBE-CUSTOM
+COMMIT
+*mangle
+:KUBE-PROXY-CANARY - [0:0]
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-EXT-ABCDEFGHIJKLMNOP - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A POSTROUTING -j KUBE-POSTROUTING
+-A KUBE-SERVICES -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -j KUBE-SEP-ABCDEFGHIJKLMNOP
+-A KUBE-SEP-ABCDEFGHIJKLMNOP -j KUBE-MARK-MASQ
+COMMIT
+"""
+KUBE_PROXY_CHAIN_COUNT = 6 + 1 + 7  # filter, mangle, nat
+BACKENDS = ("iptables-legacy", "ip6tables-legacy", "iptables-nft", "ip6tables-nft")
+
+
 def test_cleanup_removes_ours_and_on_request_kube_proxy(lab: tuple[Lab, Libnftables]) -> None:
+    """cleanup removes only nftproxy's tables; --kube-proxy removes what kube-proxy's
+    own --cleanup removes, in both iptables backends and families: its nft tables,
+    its chains with the jumps to them and its ipsets, and never kubelet's chains (the
+    martian-packet drop stays) nor anybody else's KUBE-* chain."""
     lab_, kernel = lab
     sync(kernel, ruleset(*web(EPS[0])))
     in_ns(lab_.node, "nft", "-f", "-", stdin="table ip kube-proxy {\n}\ntable ip other {\n}\n")
-    for cmd in (
-        ["-t", "nat", "-N", "KUBE-SERVICES"],
-        ["-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES"],
-        ["-t", "nat", "-N", "MINE"],
-        ["-t", "nat", "-A", "PREROUTING", "-j", "MINE"],
-    ):
-        in_ns(lab_.node, "iptables", *cmd)
+    for tool in BACKENDS:
+        in_ns(lab_.node, f"{tool}-restore", "--noflush", stdin=KUBELET_RULES + KUBE_PROXY_RULES)
+    in_ns(lab_.node, "ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+    in_ns(lab_.node, "ipset", "create", "KUBE-6-CLUSTER-IP", "hash:ip,port", "family", "inet6")
+    in_ns(lab_.node, "ipset", "create", "OTHER", "hash:ip")
+    in_ns(lab_.node, "ip", "link", "add", "kube-ipvs0", "type", "veth", "peer", "name", "kipvs1")
+
+    def save_all() -> dict[str, list[str]]:
+        return {
+            tool: [  # without comments and packet counters (IPv6 neighbour traffic moves them)
+                re.sub(r"\[\d+:\d+\]", "", x)
+                for x in in_ns(lab_.node, f"{tool}-save").splitlines()
+                if x[:1] != "#"
+            ]
+            for tool in BACKENDS
+        }
+
+    before = save_all()
     assert cleanup(kernel) == ["table ip nftproxy"]
     assert "table ip kube-proxy" in in_ns(lab_.node, "nft", "list", "tables")
+
+    listed = cleanup(kernel, kube_proxy=True, netns=lab_.node, dry_run=True)
+    assert save_all() == before
     gone = cleanup(kernel, kube_proxy=True, netns=lab_.node)
-    assert "table ip kube-proxy" in gone and "iptables nat KUBE-SERVICES" in gone
-    saved = in_ns(lab_.node, "iptables-save", "-t", "nat")
-    assert "KUBE-" not in saved and "-A PREROUTING -j MINE" in saved
+    assert gone == listed
+    assert "table ip kube-proxy" in gone and "interface kube-ipvs0" in gone
+    assert {"ipset KUBE-CLUSTER-IP", "ipset KUBE-6-CLUSTER-IP"} <= set(gone)
+    for tool in BACKENDS:
+        assert len([g for g in gone if g.startswith(f"{tool} ")]) == KUBE_PROXY_CHAIN_COUNT
+        saved = in_ns(lab_.node, f"{tool}-save")
+        assert "KUBE-PROXY" not in saved and "KUBE-SERVICES" not in saved
+        assert "KUBE-SVC-" not in saved and "KUBE-MARK-MASQ" not in saved
+        for kept in (
+            ":KUBE-FIREWALL",
+            "-A INPUT -j KUBE-FIREWALL",
+            "block incoming localnet connections",
+            ":KUBE-KUBELET-CANARY",
+            ":KUBE-IPTABLES-HINT",
+            ":KUBE-MARK-DROP",
+            "-A INPUT -j KUBE-CUSTOM",
+        ):
+            assert kept in saved, (tool, kept)
+    assert in_ns(lab_.node, "ipset", "list", "-n").split() == ["OTHER"]
     assert "table ip other" in in_ns(lab_.node, "nft", "list", "tables")
 
 

@@ -224,7 +224,11 @@ def parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "--kube-proxy",
         action="store_true",
-        help="also remove kube-proxy's nftables tables and iptables KUBE-* chains",
+        help="also remove what kube-proxy's own --cleanup removes (its nftables tables, "
+        "iptables chains, IPVS state and ipsets; never kubelet's chains)",
+    )
+    clean.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
     )
     clean.set_defaults(func=cmd_cleanup)
     demo = sub.add_parser(

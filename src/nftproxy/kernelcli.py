@@ -87,6 +87,10 @@ def diff(args: argparse.Namespace) -> int:
 
 def clean(args: argparse.Namespace) -> int:
     """Remove nftproxy's tables (and kube-proxy's rules with --kube-proxy)."""
-    for what in cleanup(_kernel(args), kube_proxy=args.kube_proxy, netns=args.netns):
-        print(f"removed {what}")
+    verb = "would remove" if args.dry_run else "removed"
+    gone = cleanup(
+        _kernel(args), kube_proxy=args.kube_proxy, netns=args.netns, dry_run=args.dry_run
+    )
+    for what in gone:
+        print(f"{verb} {what}")
     return 0
