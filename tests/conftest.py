@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +64,16 @@ def scenario_labs() -> Iterator[ScenarioLabs]:
         labs.close()
 
 
+def _lab_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("nftproxy-lab-*"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_namespaces() -> Iterator[None]:
-    """Every namespace a test made is gone at the end, also after failures."""
+    """Every namespace and lab folder a test made is gone at the end, also after failures."""
+    before = _lab_folders()
     yield
     left = list(list_lab_namespaces())
     assert not left, f"network namespaces left behind: {left}"
+    folders = sorted(map(str, _lab_folders() - before))
+    assert not folders, f"lab folders left behind: {folders}"

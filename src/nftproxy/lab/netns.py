@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,7 @@ class Lab:
         self.close()
 
     def close(self) -> None:
-        """Stop responders and delete every namespace this lab made."""
+        """Stop responders, delete every namespace this lab made and its work folder."""
         for proc in self.procs:
             proc.kill()
             proc.wait()
@@ -97,6 +98,7 @@ class Lab:
             with contextlib.suppress(subprocess.CalledProcessError):
                 ip("netns", "del", ns)
         self.namespaces.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _netns(self, name: str) -> str:
         ip("netns", "add", name)
