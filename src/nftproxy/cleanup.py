@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Iterator
 
 from nftproxy import names
-from nftproxy.kernel import Kernel
+from nftproxy.kernel import Kernel, in_netns
 from nftproxy.nft.model import Family
 
 KUBE_PROXY_TABLE = "kube-proxy"
@@ -172,7 +172,9 @@ def delete_kube_proxy_ipvs(netns: str | None, *, dry_run: bool = False) -> list[
     from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only when asked
 
     gone = []
-    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+    with in_netns(netns):  # never pyroute2's netns=: it creates a missing namespace
+        ipr = IPRoute()
+    with ipr:
         links = ipr.link_lookup(ifname=IPVS_DEVICE)
         for index in links:
             if not dry_run:
