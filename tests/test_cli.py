@@ -84,6 +84,33 @@ class TestRender:
         )
         assert "192.168.0.2 . tcp . 30001" in out
 
+    def test_host_ports_off_by_flag_or_config(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        pod: dict[str, object] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {
+                "nodeName": "node-a",
+                "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}],
+            },
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.5.5"}]},
+        }
+        path = _manifest(tmp_path, pod)
+        flags = ["-f", str(path), *NODE_FLAGS]
+        assert ". tcp . 8080" in _render(capsys, *flags)[1]
+        assert ". tcp . 8080" not in _render(capsys, *flags, "--host-ports=false")[1]
+        cfg = tmp_path / "kp.yaml"
+        cfg.write_text("kind: KubeProxyConfiguration\nhostPorts: false\n")
+        assert ". tcp . 8080" not in _render(capsys, *flags, "--config", str(cfg))[1]
+        assert (
+            ". tcp . 8080" in _render(capsys, *flags, "--config", str(cfg), "--host-ports=true")[1]
+        )
+        with pytest.raises(SystemExit):
+            main(["render", *flags, "--host-ports=maybe"])
+        assert "want true or false" in capsys.readouterr().err
+
     def test_bad_flag_value(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         path = _manifest(tmp_path, service())
         code = main(["render", "-f", str(path), *NODE_FLAGS, "--nodeport-addresses", "10.0.0/33"])

@@ -14,6 +14,7 @@ from nftproxy.config import (
     ConfigError,
     NodeConfig,
     load_kube_proxy_config,
+    parse_bool,
     parse_cidrs,
     parse_ips,
     parse_nodeport_addresses,
@@ -74,6 +75,13 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="masquerade all traffic to Services",
     )
     parser.add_argument(
+        "--host-ports",
+        type=parse_bool_flag,
+        metavar="true|false",
+        help="program Pods' hostPorts (default true; false when the CNI portmap "
+        "plugin publishes them)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
@@ -119,7 +127,16 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         nodeport_addresses=parse_nodeport_addresses(pick("nodeport_addresses")),
         masquerade_all=bool(pick("masquerade_all")),
         masquerade_bit=int(cfg.get("masquerade_bit", 14)),
+        host_ports=pick("host_ports") is not False,
     )
+
+
+def parse_bool_flag(text: str) -> bool:
+    """``--flag=true|false`` as kube-proxy's boolean flags take them."""
+    try:
+        return parse_bool(text, "value")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def cmd_render(args: argparse.Namespace) -> int:

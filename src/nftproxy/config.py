@@ -45,6 +45,8 @@ class NodeConfig:
     nodeport_addresses: tuple[str, ...] = ()
     masquerade_all: bool = False
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
+    host_ports: bool = True
+    """Program Pods' hostPorts (off when the CNI ``portmap`` plugin does it)."""
 
     def family(self, family: Family) -> FamilyNode:
         """The settings that apply to one IP family."""
@@ -112,6 +114,16 @@ def parse_nodeport_addresses(text: str | list[str] | None) -> tuple[str, ...]:
     return tuple(items)
 
 
+def parse_bool(value: object, what: str) -> bool:
+    """A boolean setting: true/false (any case) or a YAML boolean."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ConfigError(f"{what}: want true or false, not {value!r}")
+    return text == "true"
+
+
 def parse_ips(texts: list[str]) -> tuple[IPAddress, ...]:
     """Parse node IPs."""
     try:
@@ -137,6 +149,8 @@ def load_kube_proxy_config(path: Path) -> dict[str, Any]:
         out["cluster_cidr"] = doc["clusterCIDR"]
     if doc.get("nodePortAddresses"):
         out["nodeport_addresses"] = doc["nodePortAddresses"]
+    if doc.get("hostPorts") is not None:
+        out["host_ports"] = parse_bool(doc["hostPorts"], f"{path}: hostPorts")
     for section in (doc, doc.get("nftables") or {}, doc.get("iptables") or {}):
         if section.get("masqueradeAll") is not None:
             out.setdefault("masquerade_all", bool(section["masqueradeAll"]))

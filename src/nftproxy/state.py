@@ -249,6 +249,9 @@ def _host_ports(pod: Pod, node: FamilyNode, node_name: str) -> Iterator[ServiceP
             ),
             cluster_endpoints=(endpoint,),
             local_endpoints=(endpoint,),
+            # As the CNI portmap plugin: the client address is kept; only the
+            # node's own traffic and hairpin traffic are masqueraded.
+            external_local=True,
         )
 
 
@@ -352,7 +355,8 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
             for key in sorted(services)
             for sp in _service_ports(services[key], slices.get(key, []), fnode, node.name)
         ]
-        ports += [sp for pod in pods for sp in _host_ports(pod, fnode, node.name)]
+        if node.host_ports:
+            ports += [sp for pod in pods for sp in _host_ports(pod, fnode, node.name)]
         kept, clashes = _claim_entries(sorted(ports, key=_port_order))
         problems += clashes
         families.append(FamilyState(fnode, tuple(kept)))

@@ -91,6 +91,7 @@ def load_scenario(path: Path) -> Scenario:
         service_cidrs=parse_cidrs(n.get("serviceCIDR")),
         nodeport_addresses=tuple(n.get("nodePortAddresses") or ()),
         masquerade_all=bool(n.get("masqueradeAll")),
+        host_ports=bool(n.get("hostPorts", True)),
     )
     objects = Loaded()
     load_objects(iter(doc.get("objects") or []), str(path), objects)
