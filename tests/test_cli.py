@@ -63,7 +63,7 @@ class TestRender:
         cfg = tmp_path / "kp.yaml"
         cfg.write_text(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
-            "hostnameOverride: node-b\nclusterCIDR: 10.0.0.0/8\nmasqueradeAll: true\n"
+            "hostnameOverride: node-b\nclusterCIDR: 10.0.0.0/8\nnftables: {masqueradeAll: true}\n"
             "nodePortAddresses: [192.168.1.0/24]\n"
         )
         path = _manifest(

@@ -6,27 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from nftproxy import log, names
-from nftproxy.build import build
-from nftproxy.config import (
-    ConfigError,
-    NodeConfig,
-    load_kube_proxy_config,
-    parse_bool,
-    parse_cidrs,
-    parse_ips,
-    parse_nodeport_addresses,
-)
+from nftproxy.config import ConfigError, parse_bool
 from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import NftError
-from nftproxy.manifests import load_paths
-from nftproxy.nft.model import Ruleset
 from nftproxy.nft.render import render_script
 from nftproxy.nft.wire import NetlinkError
-from nftproxy.problems import Problem
-from nftproxy.state import ProxyState, compute_state
+from nftproxy.pipeline import desired, status
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -99,38 +86,6 @@ def add_netns_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def node_config(args: argparse.Namespace) -> NodeConfig:
-    """Node settings from flags, then the config file, then the host."""
-    cfg: dict[str, Any] = load_kube_proxy_config(args.config) if args.config else {}
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return cfg.get(name) if value is None else value
-
-    if args.node_ip:
-        ips = parse_ips(args.node_ip)
-    else:
-        from nftproxy.netinfo import node_ips  # noqa: PLC0415 - netlink only when asked
-
-        ips = node_ips(getattr(args, "netns", None))
-    if pick("hostname_override"):
-        name = str(pick("hostname_override"))
-    else:
-        from nftproxy.netinfo import hostname  # noqa: PLC0415 - netlink only when asked
-
-        name = hostname()
-    return NodeConfig(
-        name=name,
-        ips=ips,
-        cluster_cidrs=parse_cidrs(pick("cluster_cidr")),
-        service_cidrs=parse_cidrs(args.service_cidr),
-        nodeport_addresses=parse_nodeport_addresses(pick("nodeport_addresses")),
-        masquerade_all=bool(pick("masquerade_all")),
-        masquerade_bit=int(cfg.get("masquerade_bit", 14)),
-        host_ports=pick("host_ports") is not False,
-    )
-
-
 def parse_bool_flag(text: str) -> bool:
     """``--flag=true|false`` as kube-proxy's boolean flags take them."""
     try:
@@ -146,33 +101,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(render_script(wanted.ruleset, names.TABLE))
     return status(args, wanted.problems)
-
-
-def status(args: argparse.Namespace, problems: list[Problem]) -> int:
-    """1 with --strict when an object was invalid, else 0."""
-    return 1 if args.strict and any(not p.note for p in problems) else 0
-
-
-class Wanted(NamedTuple):
-    """What the manifests ask for: the ruleset, what was skipped, and the state it
-    was built from."""
-
-    ruleset: Ruleset
-    problems: list[Problem]
-    state: ProxyState
-
-
-def desired(args: argparse.Namespace) -> Wanted | None:
-    """The desired ruleset from manifests, or None when nothing usable was read."""
-    node = node_config(args)
-    loaded = load_paths(args.paths)
-    state = compute_state(loaded.objects, node)
-    problems = [*loaded.problems, *state.problems]
-    log.report(problems)
-    if not loaded.objects and any(not p.note for p in problems):
-        print("nftproxy: nothing usable could be read", file=sys.stderr)
-        return None
-    return Wanted(build(state), problems, state)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

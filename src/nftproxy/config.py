@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nftproxy.nft.model import Family
 from nftproxy.objects import Addr, IPAddress, IPNetwork, is_loopback
@@ -130,30 +128,3 @@ def parse_ips(texts: list[str]) -> tuple[IPAddress, ...]:
         return tuple(ipaddress.ip_address(t.strip()) for t in texts)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def load_kube_proxy_config(path: Path) -> dict[str, Any]:
-    """Read the settings nftproxy honours from a KubeProxyConfiguration file.
-
-    Returns only the keys that were set, under the names of the CLI options.
-    """
-    import yaml  # noqa: PLC0415 - only when a config file is given
-
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, Mapping) or doc.get("kind") != "KubeProxyConfiguration":
-        raise ConfigError(f"{path}: not a KubeProxyConfiguration")
-    out: dict[str, Any] = {}
-    if doc.get("hostnameOverride"):
-        out["hostname_override"] = doc["hostnameOverride"]
-    if doc.get("clusterCIDR"):
-        out["cluster_cidr"] = doc["clusterCIDR"]
-    if doc.get("nodePortAddresses"):
-        out["nodeport_addresses"] = doc["nodePortAddresses"]
-    if doc.get("hostPorts") is not None:
-        out["host_ports"] = parse_bool(doc["hostPorts"], f"{path}: hostPorts")
-    for section in (doc, doc.get("nftables") or {}, doc.get("iptables") or {}):
-        if section.get("masqueradeAll") is not None:
-            out.setdefault("masquerade_all", bool(section["masqueradeAll"]))
-        if section.get("masqueradeBit") is not None:
-            out.setdefault("masquerade_bit", int(section["masqueradeBit"]))
-    return out

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from nftproxy import log, report
 from nftproxy.cleanup import cleanup
-from nftproxy.cli import desired, status
 from nftproxy.conntrack import StalePlan
 from nftproxy.features import missing_features
 from nftproxy.kernel import Libnftables
+from nftproxy.pipeline import desired, status
 from nftproxy.state import serving_flows
 from nftproxy.sync import drift, read_ahead, stale_plan, sync, sync_with_retries
 

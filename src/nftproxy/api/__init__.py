@@ -1,0 +1,1 @@
+"""The Kubernetes API side: list and watch, and the objects received."""

@@ -1,0 +1,181 @@
+"""The objects the reflectors delivered, parsed, and what changed since the last sync.
+
+Watch handlers only record: an object is parsed (an invalid one is reported with
+its kind, name and field, and the version held before stays), stored, and the
+Service it belongs to is marked changed. Repeated changes fold into one mark.
+The sync loop takes a :class:`Snapshot` and the changes together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nftproxy import log
+from nftproxy.api.node import NodeInfo, parse_node, service_cidrs
+from nftproxy.objects import EndpointSlice, KubeObject, Pod, Service, object_label, parse_object
+from nftproxy.problems import InvalidObjectError, Problem
+from nftproxy.state import Sourced
+
+SOURCE = "api"
+ObjectKey = tuple[str, str]
+
+
+@dataclass
+class Changes:
+    """What changed since the last sync: Services (by namespace/name), and whether
+    the node or anything node-wide did."""
+
+    services: set[ObjectKey] = field(default_factory=set)
+    endpoint_changes: int = 0
+    service_changes: int = 0
+    node: bool = False
+    pods: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.node or self.pods)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the cache holds, at one moment."""
+
+    objects: list[Sourced]
+    node: NodeInfo | None
+    cidrs: tuple[str, ...]
+    slices: dict[ObjectKey, list[EndpointSlice]]
+
+
+class Cache:
+    """Objects by kind and key; thread-safe; ``on_change`` is called outside the lock
+    whenever something changed (the loop's wake-up and healthz's "queued")."""
+
+    def __init__(self, node_name: str, on_change: Callable[[], None] = lambda: None) -> None:
+        self.node_name = node_name
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[ObjectKey, KubeObject]] = {
+            "Service": {},
+            "EndpointSlice": {},
+            "Pod": {},
+        }
+        self._versions: dict[tuple[str, ObjectKey], str] = {}
+        self._node: NodeInfo | None = None
+        self._cidrs: dict[str, tuple[str, ...]] = {}
+        self._changes = Changes()
+        self._log = log.logger()
+
+    # -- the reflectors' side -------------------------------------------------
+
+    def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A fresh list: add and change what it holds, delete what it lacks."""
+        keys = {_key(item) for item in items}
+        changed = False
+        with self._lock:
+            for item in items:
+                changed |= self._put(kind, item)
+            for key in list(self._held(kind)):
+                if key not in keys:
+                    changed |= self._drop(kind, key)
+        if changed:
+            self.on_change()
+
+    def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
+        """One watch event."""
+        with self._lock:
+            changed = self._drop(kind, _key(obj)) if type_ == "DELETED" else self._put(kind, obj)
+        if changed:
+            self.on_change()
+
+    def _held(self, kind: str) -> list[ObjectKey]:
+        if kind == "Node":
+            return [("", self._node.name)] if self._node else []
+        if kind == "ServiceCIDR":
+            return [("", n) for n in self._cidrs]
+        return list(self._objects[kind])
+
+    def _put(self, kind: str, raw: dict[str, Any]) -> bool:
+        key = _key(raw)
+        version = str((raw.get("metadata") or {}).get("resourceVersion", ""))
+        if version and self._versions.get((kind, key)) == version:
+            return False  # a relist of something unchanged
+        self._versions[(kind, key)] = version
+        try:
+            return self._store(kind, key, raw)
+        except InvalidObjectError as err:
+            # The version held before (if any) stays: its rules are not lost.
+            log.report([Problem(SOURCE, object_label(raw), err.field, err.message)])
+            return False
+
+    def _store(self, kind: str, key: ObjectKey, raw: dict[str, Any]) -> bool:
+        if kind == "Node":
+            if key[1] != self.node_name:
+                return False
+            self._node = parse_node(raw)
+            self._changes.node = True
+            return True
+        if kind == "ServiceCIDR":
+            self._cidrs[key[1]] = service_cidrs(raw)
+            self._changes.node = True
+            return True
+        obj = parse_object(raw)
+        if obj is None:
+            return self._drop(kind, key)
+        self._objects[kind][key] = obj
+        self._mark(obj)
+        return True
+
+    def _drop(self, kind: str, key: ObjectKey) -> bool:
+        self._versions.pop((kind, key), None)
+        if kind == "Node":
+            if self._node is None or self._node.name != key[1]:
+                return False
+            self._node = None
+            self._changes.node = True
+            return True
+        if kind == "ServiceCIDR":
+            self._changes.node = True
+            return self._cidrs.pop(key[1], None) is not None
+        obj = self._objects[kind].pop(key, None)
+        if obj is None:
+            return False
+        self._mark(obj)
+        return True
+
+    def _mark(self, obj: KubeObject) -> None:
+        if isinstance(obj, Service):
+            self._changes.services.add((obj.namespace, obj.name))
+            self._changes.service_changes += 1
+        elif isinstance(obj, EndpointSlice):
+            self._changes.services.add((obj.namespace, obj.service))
+            self._changes.endpoint_changes += 1
+        elif isinstance(obj, Pod):
+            self._changes.pods = True
+
+    # -- the loop's side ------------------------------------------------------
+
+    def take(self) -> tuple[Snapshot, Changes]:
+        """Everything held, and what changed since the last take (now cleared)."""
+        with self._lock:
+            changes, self._changes = self._changes, Changes()
+            objects: list[Sourced] = [
+                (SOURCE, obj) for kind in self._objects.values() for obj in kind.values()
+            ]
+            slices: dict[ObjectKey, list[EndpointSlice]] = {}
+            for sl in self._objects["EndpointSlice"].values():
+                assert isinstance(sl, EndpointSlice)
+                slices.setdefault((sl.namespace, sl.service), []).append(sl)
+            cidrs = tuple(c for cs in self._cidrs.values() for c in cs)
+            return Snapshot(objects, self._node, cidrs, slices), changes
+
+    def pending(self) -> bool:
+        """Whether anything changed since the last take."""
+        with self._lock:
+            return bool(self._changes)
+
+
+def _key(raw: Mapping[str, Any]) -> ObjectKey:
+    meta = raw.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
