@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,8 @@ from nftproxy.nft.wire import NetlinkError
 from nftproxy.pipeline import desired, status
 
 
-def add_node_flags(parser: argparse.ArgumentParser) -> None:
-    """The kube-proxy-compatible flags that describe the node and proxy settings."""
+def add_manifest_flags(parser: argparse.ArgumentParser) -> None:
+    """Manifests in, and the node flags."""
     parser.add_argument(
         "-f",
         "--filename",
@@ -26,8 +27,17 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="PATH",
-        help="manifest file or folder (YAML or JSON); repeatable",
+        help="manifest file or folder (YAML or JSON); repeatable; a Node named as "
+        "this node among them gives its addresses and podCIDRs",
     )
+    add_node_flags(parser)
+    parser.add_argument(
+        "--strict", action="store_true", help="exit non-zero when any object is invalid"
+    )
+
+
+def add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """The kube-proxy-compatible flags that describe the node and proxy settings."""
     parser.add_argument(
         "--hostname-override",
         metavar="NAME",
@@ -73,9 +83,6 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="KubeProxyConfiguration file; flags given explicitly win",
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="exit non-zero when any object is invalid"
     )
 
 
@@ -124,6 +131,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return clean(args)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The long-running proxy."""
+    from nftproxy.runcmd import cmd_run as run  # noqa: PLC0415
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a scenario through the real kernel (needs root)."""
     from nftproxy.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
@@ -137,10 +151,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--log-json", action="store_true", help="log JSON lines to stderr")
     sub = top.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="print the nft ruleset for manifests (dry run)")
-    add_node_flags(render)
+    add_manifest_flags(render)
     render.set_defaults(func=cmd_render)
     apply = sub.add_parser("apply", help="make the kernel hold the ruleset (one sync)")
-    add_node_flags(apply)
+    add_manifest_flags(apply)
     add_netns_flag(apply)
     apply.add_argument(
         "--dry-run", action="store_true", help="print the transaction instead of applying it"
@@ -153,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     )
     apply.set_defaults(func=cmd_apply)
     diff = sub.add_parser("diff", help="what differs between the ruleset and the kernel")
-    add_node_flags(diff)
+    add_manifest_flags(diff)
     add_netns_flag(diff)
     diff.add_argument("--json", action="store_true", help="print JSON")
     diff.add_argument(
@@ -176,6 +190,15 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would be removed, remove nothing"
     )
     clean.set_defaults(func=cmd_cleanup)
+    run = sub.add_parser(
+        "run", help="the long-running proxy: watch the API server, keep the kernel in sync"
+    )
+    add_node_flags(run)
+    add_netns_flag(run)
+    from nftproxy.runcmd import add_run_flags  # noqa: PLC0415 - the kubernetes client is heavy
+
+    add_run_flags(run)
+    run.set_defaults(func=cmd_run)
     demo = sub.add_parser(
         "demo", help="load a scenario into a throw-away network namespace and probe it"
     )
@@ -194,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
     log.configure(json=args.log_json)
+    # A one-shot command makes millions of objects and no cycles: the collector is
+    # paused for it. The long-running proxy pauses it only inside each sync.
+    pause = contextlib.nullcontext() if args.command == "run" else paused_gc()
     try:
-        with paused_gc():
+        with pause:
             code: int = args.func(args)
     except (ConfigError, NftError) as err:
         print(f"nftproxy: {err}", file=sys.stderr)

@@ -142,8 +142,14 @@ class Loop:
 
     # -- the loop ---------------------------------------------------------------
 
-    def run(self, stop: threading.Event, ready: Callable[[], bool]) -> None:
-        """Sync until stop is set; the first sync waits until ``ready()``."""
+    def run(
+        self,
+        stop: threading.Event,
+        ready: Callable[[], bool],
+        after_first: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Sync until stop is set; the first sync waits until ``ready()``;
+        ``after_first`` runs once after the first successful sync."""
         while not ready():
             if stop.wait(0.05):
                 return
@@ -154,7 +160,8 @@ class Loop:
             due = self.cache.pending() or self.need_full or self.repair or now >= next_period
             if due and now - last_start >= self.timing.min_sync:
                 last_start = now
-                self.sync_once()
+                if self.sync_once() and self.syncs == 1:
+                    after_first()
                 next_period = time.monotonic() + self.timing.sync_period
                 continue
             if now >= next_drift and self.applied is not None:

@@ -1,0 +1,246 @@
+"""``nftproxy run``: the long-running proxy a node runs in place of kube-proxy.
+
+Threads: one reflector per watched resource (they only record changes), one
+asyncio thread for every HTTP listener, and the main thread, which runs the
+sync loop. Nothing forks. The cyclic garbage collector runs as usual, paused
+only inside a sync (bounded), and what survives the first full load is frozen
+out of its scans (``gc.freeze``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from nftproxy import log, sysctls
+from nftproxy.api.cache import Cache
+from nftproxy.api.client import RateLimiter, api_client, serves_service_cidrs, watched
+from nftproxy.api.reflector import Reflector
+from nftproxy.cleanup import cleanup
+from nftproxy.config import ConfigError
+from nftproxy.features import missing_features
+from nftproxy.kernel import Kernel, Libnftables
+from nftproxy.kubeproxyconfig import parse_duration
+from nftproxy.loop import Loop, Timing
+from nftproxy.pipeline import Options, node_config
+from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
+from nftproxy.serve.http import HttpServers
+from nftproxy.serve.metrics import Metrics
+
+HEALTHZ_DEFAULT = "0.0.0.0:10256"
+METRICS_DEFAULT = "127.0.0.1:10249"
+
+
+def duration(text: str) -> float:
+    """A flag's Go duration (``1s``, ``500ms``, ``0``)."""
+    try:
+        return parse_duration(text, "value")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """kube-proxy's flags for the long-running proxy."""
+    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster)")
+    parser.add_argument("--master", metavar="URL", help="API server URL (overrides kubeconfig)")
+    parser.add_argument(
+        "--healthz-bind-address",
+        metavar="HOST:PORT",
+        help=f"default {HEALTHZ_DEFAULT}; '' for none",
+    )
+    parser.add_argument(
+        "--metrics-bind-address",
+        metavar="HOST:PORT",
+        help=f"default {METRICS_DEFAULT}; '' for none",
+    )
+    parser.add_argument(
+        "--bind-address-hard-fail",
+        action="store_true",
+        default=None,
+        help="exit when a server cannot bind",
+    )
+    parser.add_argument(
+        "--min-sync-period",
+        type=duration,
+        metavar="DURATION",
+        help="at most one sync per period (default 1s; 0 allowed)",
+    )
+    parser.add_argument(
+        "--sync-period",
+        type=duration,
+        metavar="DURATION",
+        help="a sync at least this often (default 30s)",
+    )
+    parser.add_argument(
+        "--drift-check-period",
+        type=duration,
+        metavar="DURATION",
+        help="read the kernel back this often and repair drift (default 60s; 0: never)",
+    )
+    parser.add_argument(
+        "--detect-local-mode",
+        choices=("ClusterCIDR", "NodeCIDR"),
+        help="how pod traffic is recognised (default ClusterCIDR)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the whole loop, print every transaction instead of applying it",
+    )
+    parser.add_argument(
+        "--init-only", action="store_true", help="set the conntrack sysctls and exit"
+    )
+    parser.add_argument(
+        "--cleanup", action="store_true", help="remove nftproxy's and kube-proxy's rules and exit"
+    )
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise ConfigError(f"{text!r}: want HOST:PORT") from None
+
+
+@dataclass
+class Proxy:
+    """The running parts, for ``run`` and for tests that drive it in-process."""
+
+    loop: Loop
+    cache: Cache
+    reflectors: list[Reflector]
+    servers: HttpServers
+    health: ProxyHealth
+    metrics: Metrics
+    stop: threading.Event
+    healthz_port: int | None = None
+    metrics_port: int | None = None
+
+    def ready(self) -> bool:
+        """Every list has completed once."""
+        return all(r.synced.is_set() for r in self.reflectors)
+
+    def start(self) -> None:
+        """Start the reflectors."""
+        for r in self.reflectors:
+            threading.Thread(target=r.run, name=f"watch-{r.what.kind}", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop watching and serving (the rules stay)."""
+        self.stop.set()
+        self.servers.close_all()
+
+
+def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
+    """Everything ``run`` runs, wired, not started."""
+    base = node_config(opts)
+    timing = Timing(
+        min_sync=float(opts.pick("min_sync_period", 1.0)),
+        sync_period=float(opts.pick("sync_period", 30.0)),
+        drift_period=float(opts.pick("drift_check_period", 60.0)) or float("inf"),
+    )
+    metrics = Metrics()
+    health = ProxyHealth(2 * timing.sync_period, metrics)
+    servers = HttpServers()
+    stop = threading.Event()
+    loop = Loop(
+        kernel,
+        Cache(base.name),
+        base,
+        timing=timing,
+        metrics=metrics,
+        health=health,
+        services=ServiceHealthServers(servers, health),
+        detect_local=str(opts.pick("detect_local_mode", "ClusterCIDR")),
+        dry_run=args.dry_run,
+    )
+    loop.cache.on_change = loop.changed
+    api = api_client(master=args.master, kubeconfig=opts.pick("kubeconfig"))
+    limiter = RateLimiter(float(opts.pick("qps", 0) or 0), int(opts.pick("burst", 10) or 10))
+    what = watched(
+        api,
+        base.name,
+        host_ports=base.host_ports,
+        service_cidrs=serves_service_cidrs(api),
+        limiter=limiter,
+    )
+    reflectors = [Reflector(w, loop.cache, stop) for w in what]
+    return Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
+
+
+def _listen(proxy: Proxy, opts: Options) -> None:
+    """Open /healthz+/livez and /metrics; a bind failure is fatal only with
+    bindAddressHardFail, as in kube-proxy."""
+    hard = bool(opts.pick("bind_address_hard_fail", False))
+    for what, default in (("healthz", HEALTHZ_DEFAULT), ("metrics", METRICS_DEFAULT)):
+        address = opts.pick(f"{what}_bind_address", default)
+        if not address:
+            continue
+        host, port = _split_host_port(str(address))
+        if what == "healthz":
+            handler = proxy.health.healthz
+        else:
+            from nftproxy.serve.http import Response  # noqa: PLC0415
+
+            def handler(path: str) -> Response:
+                if path != "/metrics":
+                    return Response(404, b"404 page not found\n")
+                return Response(
+                    200, proxy.metrics.exposition(), {"Content-Type": "text/plain; version=0.0.4"}
+                )
+
+        try:
+            bound = proxy.servers.listen(host, port, handler)
+        except OSError as err:
+            log.logger().error(f"{what} server cannot bind", address=address, error=str(err))
+            if hard:
+                raise ConfigError(f"{what} bind address {address}: {err}") from None
+            continue
+        setattr(proxy, f"{what}_port", bound)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the proxy until SIGTERM or SIGINT."""
+    opts = Options(args)
+    if args.cleanup:
+        for what in cleanup(Libnftables(args.netns), kube_proxy=True, netns=args.netns):
+            print(f"removed {what}")
+        return 0
+    sysctls.apply(sysctls.wanted(opts.pick), args.netns)
+    if args.init_only:
+        return 0
+    kernel = Libnftables(args.netns)
+    missing = missing_features(kernel)
+    if missing:
+        for feature, error in missing:
+            log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
+        return 2
+    proxy = build_proxy(args, opts, kernel)
+    proxy.servers.__enter__()
+    _listen(proxy, opts)
+    _on_signals(proxy)
+    proxy.start()
+    log.logger().info(
+        "started", node=proxy.loop.base.name, healthz=proxy.healthz_port, metrics=proxy.metrics_port
+    )
+    try:
+        proxy.loop.run(proxy.stop, proxy.ready, after_first=gc.freeze)
+    finally:
+        proxy.close()
+    log.logger().info("stopped; the rules stay in the kernel")
+    return 0
+
+
+def _on_signals(proxy: Proxy) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.logger().info("signal received; finishing", signal=signal.Signals(signum).name)
+        proxy.stop.set()
+        proxy.loop.wake.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
