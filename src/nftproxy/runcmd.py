@@ -204,6 +204,19 @@ def _listen(proxy: Proxy, opts: Options) -> None:
         setattr(proxy, f"{what}_port", bound)
 
 
+def start_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
+    """Build the proxy, open its servers and start watching; the loop is the caller's."""
+    proxy = build_proxy(args, opts, kernel)
+    proxy.servers.__enter__()
+    try:
+        _listen(proxy, opts)
+    except BaseException:
+        proxy.close()
+        raise
+    proxy.start()
+    return proxy
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
     opts = Options(args)
@@ -220,11 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for feature, error in missing:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
-    proxy = build_proxy(args, opts, kernel)
-    proxy.servers.__enter__()
-    _listen(proxy, opts)
+    proxy = start_proxy(args, opts, kernel)
     _on_signals(proxy)
-    proxy.start()
     log.logger().info(
         "started", node=proxy.loop.base.name, healthz=proxy.healthz_port, metrics=proxy.metrics_port
     )

@@ -93,7 +93,7 @@ class Reflector:
         self.failures = 0
         self._log = log.logger().bind(kind=what.kind)
         self._retrying = tenacity.Retrying(
-            wait=tenacity.wait_exponential_jitter(initial=0.2, max=backoff_max),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=backoff_max),
             retry=tenacity.retry_if_exception(_transient),
             stop=lambda _: stop.is_set(),
             sleep=stop.wait,  # type: ignore[arg-type] # returns a bool, ignored
