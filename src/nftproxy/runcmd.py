@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
     proxy = start_proxy(args, opts, kernel)
-    _on_signals(proxy)
+    received = _on_signals(proxy)
     log.logger().info(
         "started", node=proxy.loop.base.name, healthz=proxy.healthz_port, metrics=proxy.metrics_port
     )
@@ -242,15 +242,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy.loop.run(proxy.stop, proxy.ready, after_first=gc.freeze)
     finally:
         proxy.close()
-    log.logger().info("stopped; the rules stay in the kernel")
+    log.logger().info("stopped; the rules stay in the kernel", signal=",".join(received) or None)
     return 0
 
 
-def _on_signals(proxy: Proxy) -> None:
+def _on_signals(proxy: Proxy) -> list[str]:
+    """SIGTERM and SIGINT end the loop after the sync in flight. The handler only
+    sets flags: logging from it could deadlock on the logger's lock."""
+    received: list[str] = []
+
     def handle(signum: int, _frame: FrameType | None) -> None:
-        log.logger().info("signal received; finishing", signal=signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
         proxy.stop.set()
         proxy.loop.wake.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    return received

@@ -245,7 +245,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
             return
         if _true(params.get("watch")):
-            self._watch(query, params)
+            try:
+                self._watch(query, params)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away
         else:
             self._list(query)
 
