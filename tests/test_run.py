@@ -24,6 +24,7 @@ from helpers import endpoint, service, slice_
 from nftproxy.cli import parser
 from nftproxy.kernel import Libnftables
 from nftproxy.lab.apiserver import FakeAPIServer
+from nftproxy.lab.live import run_live_demo
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import REJECT, Reached, connect
 from nftproxy.nft.model import Ruleset
@@ -256,6 +257,7 @@ def test_health_servers_and_metrics(running: Running) -> None:
         "kubeproxy_network_programming_duration_seconds_count",
         'kubeproxy_proxy_healthz_total{code="503"}',
         "nftproxy_elements_programmed",
+        'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}',
     ):
         assert name in text, name
     assert 'kubeproxy_proxy_healthz_total{code="200"}' in text
@@ -294,3 +296,9 @@ def test_sigterm_leaves_the_rules() -> None:
         assert "172.30.0.10 . tcp . 80" in in_ns(
             lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips"
         )
+
+
+def test_live_demo_behaves(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_live_demo(settle=0.4) == 0
+    out = capsys.readouterr().out
+    assert "ok   scale shop/web to 3 endpoints" in out and "exited 0" in out

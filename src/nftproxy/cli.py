@@ -139,8 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run a scenario through the real kernel (needs root)."""
-    from nftproxy.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
+    """The live demo of ``nftproxy run``, or a scenario through the real kernel (needs root)."""
+    if args.scenario is None and not args.show_ruleset:
+        from nftproxy.lab.live import run_live_demo  # noqa: PLC0415 - the lab is only for demos
+
+        return run_live_demo()
+    from nftproxy.demo import run_demo  # noqa: PLC0415
 
     return run_demo(args.scenario, show_ruleset=args.show_ruleset)
 
@@ -200,15 +204,21 @@ def parser() -> argparse.ArgumentParser:
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser(
-        "demo", help="load a scenario into a throw-away network namespace and probe it"
+        "demo",
+        help="run nftproxy run in a throw-away lab and change Services through the API "
+        "(or, with --scenario, probe a scenario's ruleset)",
     )
     demo.add_argument(
         "--scenario",
         type=Path,
         metavar="FILE",
-        help="scenario file (format of tests/conformance); default: the built-in one",
+        help="probe this scenario (format of tests/conformance) instead of the live demo",
     )
-    demo.add_argument("--show-ruleset", action="store_true", help="print the rendered ruleset too")
+    demo.add_argument(
+        "--show-ruleset",
+        action="store_true",
+        help="probe the built-in scenario (or --scenario) and print its ruleset",
+    )
     demo.set_defaults(func=cmd_demo)
     return top
 

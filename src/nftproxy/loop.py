@@ -123,6 +123,10 @@ class Loop:
         self.dry_run = dry_run
         self.out = out
         self.wake = threading.Event()
+        self.idle = threading.Event()
+        """Set while the loop waits (nothing being applied)."""
+        self.last_sync_end = 0.0
+        """When the last successful sync ended (monotonic)."""
         self.applied: dict[Family, Table | None] | None = None
         self.need_full = False
         self.repair = False
@@ -171,7 +175,9 @@ class Loop:
             wait = min(next_period, next_drift) - now
             if due:
                 wait = min(wait, last_start + self.timing.min_sync - now)
+            self.idle.set()
             self.wake.wait(max(wait, 0.0))
+            self.idle.clear()
             self.wake.clear()
 
     def sync_once(self) -> bool:
@@ -196,6 +202,7 @@ class Loop:
         self.need_full = self.repair = False
         self.syncs += 1
         self.last_result = result
+        self.last_sync_end = time.monotonic()
         if self.dry_run:
             self.out.write(result.script)
             self.out.flush()

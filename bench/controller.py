@@ -1,0 +1,199 @@
+"""``nftproxy run`` at scale, against the lab's API server; prints the figures.
+
+    python bench/controller.py [--services 10000] [--endpoints 3] [--changes 200]
+
+In a scratch network namespace, with N Services x M endpoints in the API server:
+
+- cold start: from the proxy's start to the kernel fully programmed, and from the
+  last list arriving to the same moment;
+- one EndpointSlice change on the watch -> the kernel holding it (minSyncPeriod 0):
+  median and p99 over --changes changes, one at a time;
+- a burst of 1,000 changes sent within one second: from the first change to the
+  kernel holding all of them;
+- the proxy as its own process (``nftproxy run``): peak RSS after the first full
+  load, and CPU used while idle for --idle seconds.
+
+Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster import NODE_FLAGS, NODE_IP, NODE_NAME, cluster
+
+from nftproxy.cli import parser
+from nftproxy.kernel import Libnftables
+from nftproxy.lab.apiserver import FakeAPIServer
+from nftproxy.lab.netns import Lab
+from nftproxy.pipeline import Options
+from nftproxy.runcmd import Proxy, start_proxy
+
+
+def load(api: FakeAPIServer, services: int, endpoints: int) -> list[dict[str, Any]]:
+    """Put the cluster into the API server; returns its EndpointSlices."""
+    api.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": NODE_NAME},
+            "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]},
+        }
+    )
+    slices = []
+    for obj in cluster(services, endpoints)["items"]:
+        stored = api.apply(obj)
+        if obj["kind"] == "EndpointSlice":
+            slices.append(stored)
+    return slices
+
+
+def args_for(api: FakeAPIServer, lab: Lab) -> list[str]:
+    return [
+        "run",
+        "--master",
+        api.url,
+        "--netns",
+        lab.node,
+        *NODE_FLAGS,
+        "--min-sync-period",
+        "0",
+        "--healthz-bind-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--drift-check-period",
+        "0",
+    ]
+
+
+def wait_synced(proxy: Proxy, after: int, timeout: float = 60.0) -> float:
+    """Wait until a sync newer than ``after`` that left nothing pending; its end time."""
+    deadline = time.monotonic() + timeout
+    loop = proxy.loop
+    while time.monotonic() < deadline:
+        if loop.syncs > after and not proxy.cache.pending() and loop.idle.is_set():
+            return loop.last_sync_end
+        time.sleep(0.0005)
+    raise TimeoutError("the proxy did not catch up")
+
+
+def changed(sl: dict[str, Any], n: int) -> dict[str, Any]:
+    """The slice with its first endpoint's address moved (a new Pod)."""
+    new = copy.deepcopy(sl)
+    new["endpoints"][0]["addresses"] = [f"10.{200 + n // 65536 % 50}.{n // 256 % 256}.{n % 256}"]
+    return new
+
+
+def in_process(services: int, endpoints: int, changes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with Lab("bench") as lab, FakeAPIServer(history=100_000) as api:
+        slices = load(api, services, endpoints)
+        args = parser().parse_args(args_for(api, lab))
+        start = time.monotonic()
+        proxy = start_proxy(args, Options(args), Libnftables(lab.node))
+        thread = threading.Thread(
+            target=proxy.loop.run, args=(proxy.stop, proxy.ready), daemon=True
+        )
+        thread.start()
+        try:
+            while not proxy.ready():
+                time.sleep(0.001)
+            listed = time.monotonic()
+            end = wait_synced(proxy, 0, timeout=300)
+            out["cold start (s)"] = round(end - start, 2)
+            out["lists done -> programmed (s)"] = round(end - listed, 2)
+            latencies = []
+            for n in range(changes):
+                before = proxy.loop.syncs
+                t0 = time.monotonic()
+                api.apply(changed(slices[n % len(slices)], n))
+                latencies.append(wait_synced(proxy, before) - t0)
+            latencies.sort()
+            out["change -> kernel median (ms)"] = round(statistics.median(latencies) * 1000, 1)
+            out["change -> kernel p99 (ms)"] = round(
+                latencies[int(len(latencies) * 0.99) - 1] * 1000, 1
+            )
+            before = proxy.loop.syncs
+            t0 = time.monotonic()
+            for n in range(1000):
+                api.apply(changed(slices[(n * 7) % len(slices)], 100_000 + n))
+                time.sleep(max(0.0, t0 + (n + 1) / 1000 - time.monotonic()))
+            sent = time.monotonic() - t0
+            out["burst of 1000: sent in (s)"] = round(sent, 2)
+            out["burst of 1000: all in kernel after (s)"] = round(
+                wait_synced(proxy, before) - t0, 2
+            )
+            out["syncs for the burst"] = proxy.loop.syncs - before
+        finally:
+            proxy.close()
+            proxy.loop.wake.set()
+            thread.join(timeout=30)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def own_process(services: int, endpoints: int, idle: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with Lab("benchp") as lab, FakeAPIServer() as api:
+        load(api, services, endpoints)
+        cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *args_for(api, lab)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if '"synced"' in line:
+                    break
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            time.sleep(1)
+            out["peak RSS after first load (MB)"] = round(_peak_rss_mb(proc.pid))
+            cpu = _cpu_seconds(proc.pid)
+            time.sleep(idle)
+            used = _cpu_seconds(proc.pid) - cpu
+            out[f"idle CPU over {idle:.0f} s (% of a core)"] = round(100 * used / idle, 2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--services", type=int, default=10_000)
+    p.add_argument("--endpoints", type=int, default=3)
+    p.add_argument("--changes", type=int, default=200)
+    p.add_argument("--idle", type=float, default=60.0)
+    a = p.parse_args()
+    print(f"{a.services} Services x {a.endpoints} endpoints")
+    for key, value in {
+        **in_process(a.services, a.endpoints, a.changes),
+        **own_process(a.services, a.endpoints, a.idle),
+    }.items():
+        print(f"  {key:<42} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
