@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from nftproxy import names
 from nftproxy.config import FamilyNode
@@ -58,6 +59,8 @@ ENDPOINT_TYPE = (DataType.ADDR, DataType.SERVICE)
 ALL_PROTOCOLS = ("tcp", "udp", "sctp")
 FILTER_PRIORITY = -110  # before DNAT (-100): filters see the Service address
 POST_DNAT_PRIORITY = -90
+
+TABLE_COMMENT = "nftproxy: Kubernetes Services (generated, do not edit)"
 
 # (name, type, hook, priority) of every base chain.
 BASE_CHAINS = (
@@ -429,19 +432,65 @@ class _TableBuilder:
         return fixed + sorted(self.affinity_sets.values(), key=lambda s: s.name)
 
 
-def build_table(fs: FamilyState) -> Table:
-    """The table for one family."""
-    b = _TableBuilder(fs.node)
-    b.fixed_chains()
-    for sp in fs.service_ports:
+@dataclass(frozen=True)
+class Fragment:
+    """What some Service ports add to a table: elements by set, the chains they use
+    (shared ones like ``pick-3`` included) and their affinity sets."""
+
+    elements: dict[str, tuple[Element, ...]]
+    chains: dict[str, Chain]
+    sets: dict[str, Set]
+
+
+def fragment(node: FamilyNode, ports: Iterable[ServicePort]) -> Fragment:
+    """The fragment of some Service ports."""
+    b = _TableBuilder(node)
+    for sp in ports:
         b.service_port(sp)
+    return Fragment(
+        {name: unique(els) for name, els in b.elements.items()}, b.chains, b.affinity_sets
+    )
+
+
+def fixed_table(node: FamilyNode) -> Table:
+    """A family's table without any Service: base chains, fixed chains, the fixed
+    sets (only ``pod-cidrs`` holds elements)."""
+    b = _TableBuilder(node)
+    b.fixed_chains()
     return Table(
-        family=fs.node.family,
+        family=node.family,
         name=names.TABLE,
         chains=(*b.chains.values(), *b.base_chains()),
         sets=tuple(b.sets()),
-        comment="nftproxy: Kubernetes Services (generated, do not edit)",
+        comment=TABLE_COMMENT,
     )
+
+
+def assemble(fixed: Table, fragments: Iterable[Fragment]) -> Table:
+    """The fixed table with fragments merged in (elements unique by key, chains and
+    affinity sets by name)."""
+    elements: dict[str, list[Element]] = defaultdict(list)
+    chains = {c.name: c for c in fixed.chains if c.base is None}
+    extra: dict[str, Set] = {}
+    for f in fragments:
+        for name, els in f.elements.items():
+            elements[name].extend(els)
+        chains.update(f.chains)
+        extra.update(f.sets)
+    sets = [
+        s
+        if not elements.get(s.name)
+        else replace(s, elements=unique((*s.elements, *elements[s.name])))
+        for s in fixed.sets
+    ]
+    sets += sorted(extra.values(), key=lambda s: s.name)
+    bases = tuple(c for c in fixed.chains if c.base is not None)
+    return replace(fixed, chains=(*chains.values(), *bases), sets=tuple(sets))
+
+
+def build_table(fs: FamilyState) -> Table:
+    """The table for one family."""
+    return assemble(fixed_table(fs.node), [fragment(fs.node, fs.service_ports)])
 
 
 def build(state: ProxyState) -> Ruleset:
