@@ -124,6 +124,20 @@ class Client:
     def between(self, start: float, end: float) -> collections.Counter[str]:
         return collections.Counter(w for t, w in self.seen if start <= t < end)
 
+    def since(self, start: float, settle: float, least: int = 3) -> collections.Counter[str]:
+        """What answered connections opened after start: settle seconds, and at least least.
+
+        A dropped connection holds the loop for its whole timeout, so one opened
+        just before a change can delay the first one opened after it.
+        """
+        time.sleep(settle)
+        deadline = time.monotonic() + 10
+        while sum(self.between(start, time.monotonic()).values()) < least:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return self.between(start, time.monotonic())
+
 
 @contextlib.contextmanager
 def _proxy(api: FakeAPIServer, lab: Lab) -> Iterator[tuple[subprocess.Popen[str], Syncs]]:
@@ -202,8 +216,7 @@ def run_live_demo(settle: float = 0.6) -> int:
                     )
                 else:
                     at, took = start, "as started"
-                time.sleep(settle)
-                seen = client.between(at, time.monotonic())
+                seen = client.since(at, settle)
                 good = expect(seen)
                 ok &= good
                 print(
