@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 LOWER = "abcdefghijklmnopqrstuvwxyz"
 ALNUM = LOWER + "0123456789"
 NODES = ("node-a", "node-b")
+ZONES = ("zone-a", "zone-b")
 """The node under test (node-a) and another one."""
 
 Doc = dict[str, Any]
@@ -138,6 +139,16 @@ def slices_for(draw: st.DrawFn, svc: Doc) -> list[Doc]:
             node = draw(st.sampled_from((*NODES, None)))
             if node:
                 ep["nodeName"] = node
+            hints = {
+                key: [{"name": n} for n in names]
+                for key, names in (
+                    ("forZones", draw(st.sets(st.sampled_from(ZONES), max_size=2))),
+                    ("forNodes", draw(st.sets(st.sampled_from(NODES), max_size=2))),
+                )
+                if names
+            }
+            if hints:
+                ep["hints"] = hints
             endpoints.append(ep)
         ports = [
             {

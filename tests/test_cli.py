@@ -111,6 +111,51 @@ class TestRender:
             main(["render", *flags, "--host-ports=maybe"])
         assert "want true or false" in capsys.readouterr().err
 
+    def test_node_and_service_cidrs_among_the_manifests(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A Node named as this node gives addresses (NodePorts move to them), zone
+        (topology hints) and podCIDRs (with NodeCIDR); another Node is reported and
+        ignored; ServiceCIDRs replace --service-cidr, as in run."""
+
+        def node(name: str, ip: str, zone: str) -> dict[str, object]:
+            return {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+                "spec": {"podCIDRs": ["10.9.0.0/24"]},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+            }
+
+        hinted = [
+            {**endpoint("10.1.0.1"), "hints": {"forZones": [{"name": "zone-a"}]}},
+            {**endpoint("10.1.0.2"), "hints": {"forZones": [{"name": "zone-b"}]}},
+        ]
+        cidr: dict[str, object] = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": ["172.31.0.0/16"]},
+        }
+        svc = service(type="NodePort", ports=[{"port": 80, "nodePort": 30080, "name": "p"}])
+        docs: list[dict[str, object]] = [
+            svc,
+            slice_("svc", *hinted),
+            node("node-a", "192.168.7.7", "zone-a"),
+        ]
+        path = _manifest(tmp_path, *docs, node("node-b", "192.168.8.8", "zone-b"), cidr)
+        code, out, err = _render(capsys, "-f", str(path), *NODE_FLAGS)
+        assert code == 0
+        assert "192.168.7.7 . tcp . 30080" in out and "192.168.0.2 . tcp . 30080" not in out
+        assert "10.1.0.1 . 8080" in out and "10.1.0.2" not in out
+        assert "172.31.0.0/16" in out and "172.30.0.0/16" not in out
+        assert "Node node-b" in err and "not this node (node-a)" in err
+        _, out, _ = _render(capsys, "-f", str(path), *NODE_FLAGS, "--detect-local-mode=NodeCIDR")
+        assert "10.9.0.0/24" in out and "10.0.0.0/8" not in out
+        path = _manifest(tmp_path, *docs[:2])
+        _, out, _ = _render(capsys, "-f", str(path), *NODE_FLAGS)
+        assert "10.1.0.2 . 8080" in out and "192.168.0.2 . tcp . 30080" in out
+
     def test_bad_flag_value(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         path = _manifest(tmp_path, service())
         code = main(["render", "-f", str(path), *NODE_FLAGS, "--nodeport-addresses", "10.0.0/33"])

@@ -115,6 +115,20 @@ class TestEndpointSlice:
         ep = parse_endpoint_slice(doc).endpoints[0]  # type: ignore[union-attr]
         assert ep.ready and ep.serving and not ep.terminating
 
+    def test_topology_hints(self) -> None:
+        hints = {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "n1"}, {"name": "n2"}]}
+        doc = slice_("svc", {**endpoint("10.0.0.1"), "hints": hints}, endpoint("10.0.0.2"))
+        one, two = parse_endpoint_slice(doc).endpoints  # type: ignore[union-attr]
+        assert one.zone_hints == {"zone-a"} and one.node_hints == {"n1", "n2"}
+        assert not two.zone_hints and not two.node_hints
+        for bad, field in (
+            ([], "endpoints[0].hints"),
+            ({"forZones": {"name": "a"}}, "endpoints[0].hints.forZones"),
+            ({"forNodes": [{"name": ""}]}, "endpoints[0].hints.forNodes[0].name"),
+            ({"forZones": ["zone-a"]}, "endpoints[0].hints.forZones[0].name"),
+        ):
+            assert _error_field(slice_("svc", {**endpoint("10.0.0.1"), "hints": bad})) == field
+
     def test_fqdn_slices_are_not_proxied(self) -> None:
         assert parse_endpoint_slice(slice_("svc", family="FQDN")) is None
 

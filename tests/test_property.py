@@ -3,6 +3,7 @@ the kernel accepts, and after an apply the kernel reads back as exactly that rul
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,7 @@ def ruleset_of(docs: list[dict[str, Any]]) -> Ruleset:
     load_objects(iter(docs), "generated", loaded)
     errors = [str(p) for p in loaded.problems if not p.note]
     assert not errors, errors  # every generated object is one the API server accepts
-    return build(compute_state(loaded.objects, NODE))
+    return build(compute_state(loaded.objects, dataclasses.replace(NODE, zone="zone-a")))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def add_manifest_flags(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="PATH",
         help="manifest file or folder (YAML or JSON); repeatable; a Node named as "
-        "this node among them gives its addresses and podCIDRs",
+        "this node among them gives its addresses, zone and podCIDRs, ServiceCIDRs "
+        "the Service ranges",
     )
     add_node_flags(parser)
     parser.add_argument(
@@ -70,6 +71,12 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="masquerade all traffic to Services",
+    )
+    parser.add_argument(
+        "--detect-local-mode",
+        choices=("ClusterCIDR", "NodeCIDR"),
+        help="how pod traffic is recognised: --cluster-cidr, or the Node's podCIDRs "
+        "(default ClusterCIDR)",
     )
     parser.add_argument(
         "--host-ports",

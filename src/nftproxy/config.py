@@ -45,6 +45,8 @@ class NodeConfig:
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     host_ports: bool = True
     """Program Pods' hostPorts (off when the CNI ``portmap`` plugin does it)."""
+    zone: str | None = None
+    """The node's ``topology.kubernetes.io/zone`` label, for topology hints."""
 
     def family(self, family: Family) -> FamilyNode:
         """The settings that apply to one IP family."""

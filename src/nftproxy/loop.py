@@ -12,7 +12,6 @@ order: healthCheckNodePort servers, healthz, conntrack cleanup.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -22,18 +21,16 @@ from typing import TextIO
 
 from nftproxy import log
 from nftproxy.api.cache import Cache, Changes, Snapshot
-from nftproxy.api.node import NodeInfo
 from nftproxy.build import build
-from nftproxy.config import NodeConfig, parse_cidrs
+from nftproxy.config import NodeConfig
 from nftproxy.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
 from nftproxy.objects import Service
+from nftproxy.pipeline import with_node
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.metrics import Metrics
 from nftproxy.state import ProxyState, compute_state, serving_flows
 from nftproxy.sync import SyncResult, desired_tables, drift, read_tables, stale_plan, sync
-
-NODE_CIDR = "NodeCIDR"
 
 
 @dataclass(frozen=True)
@@ -43,22 +40,6 @@ class Timing:
     min_sync: float = 1.0
     sync_period: float = 30.0
     drift_period: float = 60.0
-
-
-def node_config(
-    base: NodeConfig, node: NodeInfo | None, cidrs: tuple[str, ...], detect_local: str
-) -> NodeConfig:
-    """The settings for this sync: the Node's addresses (else the host's or the
-    flags'), its podCIDRs with ``detectLocalMode: NodeCIDR``, and the cluster's
-    ServiceCIDRs when the API server has them (else ``--service-cidr``)."""
-    out = base
-    if node is not None and node.ips:
-        out = dataclasses.replace(out, ips=node.ips)
-    if detect_local == NODE_CIDR:
-        out = dataclasses.replace(out, cluster_cidrs=node.pod_cidrs if node else ())
-    if cidrs:
-        out = dataclasses.replace(out, service_cidrs=parse_cidrs(list(cidrs)))
-    return out
 
 
 def health_check_ports(
@@ -185,7 +166,7 @@ class Loop:
         self.wake.clear()
         first, self._first_change = self._first_change, None
         snap, changes = self.cache.take()
-        node = node_config(self.base, snap.node, snap.cidrs, self.detect_local)
+        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
         ruleset = build(state)
         if self.applied is None:

@@ -9,12 +9,13 @@ from typing import Any
 
 import orjson
 
+from nftproxy.api.node import NodeInfo, parse_node, service_cidrs
 from nftproxy.objects import object_label, parse_object
 from nftproxy.problems import InvalidObjectError, Problem
 from nftproxy.state import Sourced
 
 SUFFIXES = (".yaml", ".yml", ".json")
-KINDS = ("Service", "EndpointSlice", "Pod")
+KINDS = ("Service", "EndpointSlice", "Pod", "Node", "ServiceCIDR")
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Loaded:
 
     objects: list[Sourced] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    nodes: list[tuple[str, NodeInfo]] = field(default_factory=list)
+    service_cidrs: list[str] = field(default_factory=list)
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -78,12 +81,21 @@ def load_objects(docs: Iterator[Any], source: str, into: Loaded) -> None:
                 )
                 continue
             try:
-                obj = parse_object(item)
+                _add(item, source, into)
             except InvalidObjectError as err:
                 into.problems.append(Problem(source, object_label(item), err.field, err.message))
-                continue
-            if obj is not None:
-                into.objects.append((source, obj))
+
+
+def _add(item: Mapping[str, Any], source: str, into: Loaded) -> None:
+    kind = item.get("kind")
+    if kind == "Node":
+        into.nodes.append((source, parse_node(item)))
+    elif kind == "ServiceCIDR":
+        into.service_cidrs += service_cidrs(item)
+    else:
+        obj = parse_object(item)
+        if obj is not None:
+            into.objects.append((source, obj))
 
 
 def load_paths(paths: list[Path]) -> Loaded:

@@ -118,6 +118,10 @@ class SliceEndpoint(NamedTuple):
     serving: bool
     terminating: bool
     node_name: str | None
+    zone_hints: frozenset[str] = frozenset()
+    """``hints.forZones``: the zones whose nodes should use this endpoint."""
+    node_hints: frozenset[str] = frozenset()
+    """``hints.forNodes``: the nodes that should use this endpoint."""
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,7 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
     node_name = ep.get("nodeName")
     if node_name is not None and not isinstance(node_name, str):
         raise InvalidObjectError(f"endpoints[{i}].nodeName", "expected a string")
+    zones, nodes = _hints(ep.get("hints"), i)
     out = []
     for j, text in enumerate(ep.get("addresses") or ()):
         addr = _ip(text, f"endpoints[{i}].addresses[{j}]")
@@ -410,8 +415,30 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
             raise InvalidObjectError(
                 f"endpoints[{i}].addresses[{j}]", f"not an IPv{family} address"
             )
-        out.append(SliceEndpoint(addr, ready, serving, terminating, node_name))
+        out.append(SliceEndpoint(addr, ready, serving, terminating, node_name, zones, nodes))
     return out
+
+
+def _hints(hints: Any, i: int) -> tuple[frozenset[str], frozenset[str]]:
+    """An endpoint's topology hints: the zones and the nodes it is meant for."""
+    if hints is None:
+        return frozenset(), frozenset()
+    if type(hints) is not dict:
+        raise InvalidObjectError(f"endpoints[{i}].hints", "expected an object")
+    found = []
+    for key in ("forZones", "forNodes"):
+        items = hints.get(key) or []
+        if type(items) is not list:
+            raise InvalidObjectError(f"endpoints[{i}].hints.{key}", "expected a list")
+        names = []
+        for j, item in enumerate(items):
+            field = f"endpoints[{i}].hints.{key}[{j}].name"
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if not isinstance(name, str) or not name:
+                raise InvalidObjectError(field, "expected a name")
+            names.append(name)
+        found.append(frozenset(names))
+    return found[0], found[1]
 
 
 def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:

@@ -8,11 +8,13 @@ file, then the host.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from nftproxy import kubeproxyconfig, log
+from nftproxy.api.node import NodeInfo
 from nftproxy.build import build
 from nftproxy.config import (
     DEFAULT_MASQUERADE_BIT,
@@ -25,6 +27,8 @@ from nftproxy.manifests import load_paths
 from nftproxy.nft.model import Ruleset
 from nftproxy.problems import Problem
 from nftproxy.state import ProxyState, Sourced, compute_state
+
+NODE_CIDR = "NodeCIDR"
 
 
 class Options:
@@ -75,6 +79,24 @@ def node_config(opts: Options) -> NodeConfig:
     )
 
 
+def with_node(
+    base: NodeConfig, node: NodeInfo | None, cidrs: tuple[str, ...], detect_local: str
+) -> NodeConfig:
+    """The settings for this sync: the Node's addresses (else the host's or the
+    flags') and zone, its podCIDRs with ``detectLocalMode: NodeCIDR``, and the cluster's
+    ServiceCIDRs when the API server has them (else ``--service-cidr``)."""
+    out = base
+    if node is not None and node.ips:
+        out = dataclasses.replace(out, ips=node.ips)
+    if node is not None:
+        out = dataclasses.replace(out, zone=node.zone)
+    if detect_local == NODE_CIDR:
+        out = dataclasses.replace(out, cluster_cidrs=node.pod_cidrs if node else ())
+    if cidrs:
+        out = dataclasses.replace(out, service_cidrs=parse_cidrs(list(cidrs)))
+    return out
+
+
 class Wanted(NamedTuple):
     """What the objects ask for: the ruleset, what was skipped, and the state it
     was built from."""
@@ -91,9 +113,23 @@ def wanted(objects: Iterable[Sourced], node: NodeConfig) -> Wanted:
 
 
 def desired(args: argparse.Namespace) -> Wanted | None:
-    """The desired ruleset from manifests, or None when nothing usable was read."""
-    node = node_config(Options(args))
+    """The desired ruleset from manifests, or None when nothing usable was read.
+
+    A Node named as this node among them, and ServiceCIDRs, count as in ``run``.
+    """
+    opts = Options(args)
     loaded = load_paths(args.paths)
+    base = node_config(opts)
+    this = [n for _, n in loaded.nodes if n.name == base.name]
+    loaded.problems += [
+        Problem(
+            src, f"Node {n.name}", "metadata.name", f"not this node ({base.name}); ignored", True
+        )
+        for src, n in loaded.nodes
+        if n.name != base.name
+    ]
+    detect_local = str(opts.pick("detect_local_mode", "ClusterCIDR"))
+    node = with_node(base, this[-1] if this else None, tuple(loaded.service_cidrs), detect_local)
     ruleset, skipped, state = wanted(loaded.objects, node)
     problems = [*loaded.problems, *skipped]
     log.report(problems)

@@ -82,11 +82,6 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="read the kernel back this often and repair drift (default 60s; 0: never)",
     )
     parser.add_argument(
-        "--detect-local-mode",
-        choices=("ClusterCIDR", "NodeCIDR"),
-        help="how pod traffic is recognised (default ClusterCIDR)",
-    )
-    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="run the whole loop, print every transaction instead of applying it",

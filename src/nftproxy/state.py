@@ -147,12 +147,50 @@ def _ignore_reason(svc: Service) -> str | None:
     return None
 
 
+class Where(NamedTuple):
+    """This node's name and zone: what topology hints are matched against."""
+
+    node: str
+    zone: str
+
+
+NOWHERE = Where("", "")
+SAME_NODE = "PreferSameNode"
+SAME_ZONE = "PreferSameZone"
+
+
+def topology_mode(eps: Iterable[SliceEndpoint], where: Where) -> str:
+    """Which hints Cluster traffic follows, as upstream's ``topologyModeFromHints``:
+    node hints when every ready endpoint has one and one names this node, else zone
+    hints when every ready endpoint has one and one names this zone, else none."""
+    ready = [ep for ep in eps if ep.ready]
+    if not ready:
+        return ""
+    if all(ep.node_hints for ep in ready) and any(where.node in ep.node_hints for ep in ready):
+        return SAME_NODE
+    if all(ep.zone_hints for ep in ready) and any(where.zone in ep.zone_hints for ep in ready):
+        return SAME_ZONE
+    return ""
+
+
+def _for_topology(ep: SliceEndpoint, mode: str, where: Where) -> bool:
+    if mode == SAME_NODE:
+        return where.node in ep.node_hints
+    if mode == SAME_ZONE:
+        return where.zone in ep.zone_hints
+    return True
+
+
 def _usable(
-    endpoints: Iterable[Endpoint], eps: dict[Endpoint, SliceEndpoint]
+    endpoints: Iterable[Endpoint],
+    eps: dict[Endpoint, SliceEndpoint],
+    mode: str = "",
+    where: Where = NOWHERE,
 ) -> tuple[Endpoint, ...]:
-    """Ready endpoints, else the serving terminating ones (kube-proxy's fallback)."""
+    """Ready endpoints (those the topology mode leaves), else the serving
+    terminating ones (kube-proxy's fallback, which ignores topology)."""
     endpoints = tuple(endpoints)
-    ready = [e for e in endpoints if eps[e].ready]
+    ready = [e for e in endpoints if eps[e].ready and _for_topology(eps[e], mode, where)]
     if not ready:
         ready = [e for e in endpoints if eps[e].serving and eps[e].terminating]
     return tuple(sorted(ready, key=lambda e: (addr_key(e.addr), e.port)))
@@ -206,14 +244,14 @@ def _source_ranges(svc: Service, node: FamilyNode, version: int) -> tuple[IPNetw
 
 
 def _service_ports(
-    svc: Service, slices: list[EndpointSlice], node: FamilyNode, node_name: str
+    svc: Service, slices: list[EndpointSlice], node: FamilyNode, where: Where
 ) -> Iterator[ServicePort]:
     version = 4 if node.family == Family.IP else 6
     if not any(addr_version(ip) == version for ip in svc.cluster_ips):
         return
     for spec in svc.ports:
-        eps = _port_endpoints(slices, spec, version, node_name)
-        cluster = _usable(eps, eps)
+        eps = _port_endpoints(slices, spec, version, where.node)
+        cluster = _usable(eps, eps, topology_mode(eps.values(), where), where)
         local = _usable((e for e in eps if e.local), eps)
         yield ServicePort(
             name=ServicePortName(svc.namespace, svc.name, spec.protocol, spec.name),
@@ -348,12 +386,13 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
                 for sl in owned
             ]
     families = []
+    where = Where(node.name, node.zone or "")
     for family in (Family.IP, Family.IP6):
         fnode = node.family(family)
         ports = [
             sp
             for key in sorted(services)
-            for sp in _service_ports(services[key], slices.get(key, []), fnode, node.name)
+            for sp in _service_ports(services[key], slices.get(key, []), fnode, where)
         ]
         if node.host_ports:
             ports += [sp for pod in pods for sp in _host_ports(pod, fnode, node.name)]
