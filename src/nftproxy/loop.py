@@ -20,17 +20,28 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from nftproxy import log
-from nftproxy.api.cache import Cache, Changes, Snapshot
-from nftproxy.build import build
+from nftproxy.api.cache import Cache, Changes, ObjectKey, Snapshot
+from nftproxy.applied import Change, FamilyIndex, OwnerKey, by_owner
 from nftproxy.config import NodeConfig
 from nftproxy.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
+from nftproxy.nft.transaction import AddSet, DeleteSet, Transaction
 from nftproxy.objects import Service
 from nftproxy.pipeline import with_node
+from nftproxy.plan import Summary
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.metrics import Metrics
-from nftproxy.state import ProxyState, compute_state, serving_flows
-from nftproxy.sync import SyncResult, desired_tables, drift, read_tables, stale_plan, sync
+from nftproxy.state import ProxyState, ServicePort, compute_state, serving_flows
+from nftproxy.sync import (
+    FAMILIES,
+    SyncResult,
+    desired_tables,
+    drift,
+    plan_all,
+    read_tables,
+    stale_plan,
+    sync,
+)
 
 
 @dataclass(frozen=True)
@@ -68,12 +79,41 @@ class Done:
     """A successful sync: what it was computed from and what it did."""
 
     snap: Snapshot
+    """Everything held (a full sync), or what changed (a partial one)."""
     state: ProxyState
-    ruleset: Ruleset
+    """The state of what ``snap`` holds."""
+    desired: Ruleset
+    """The tables the sync planned to: whole, or limited to what changed."""
     result: SyncResult
     changes: Changes
     first: float | None
     """When the oldest change it applied arrived (monotonic), if any did."""
+    partial: bool
+
+
+def owners(changes: Changes) -> set[OwnerKey]:
+    """The Services and Pods a change touches."""
+    return {("Service", *k) for k in changes.services} | {("Pod", *k) for k in changes.pods}
+
+
+def present(ports: dict[Family, bool]) -> dict[Family, bool]:
+    """Which families have a table, given which have Service ports: those, else IPv4
+    alone (as :func:`~nftproxy.build.build`)."""
+    held = {f: ports.get(f, False) for f in FAMILIES}
+    if not any(held.values()):
+        held[Family.IP] = True
+    return held
+
+
+def replaces_a_fixed_set(txs: tuple[Transaction, ...], fixed: set[str]) -> bool:
+    """Whether a plan makes a fixed set anew (nft 1.0.6 forces it for a new DNAT-map
+    rule): that needs all of its elements, so not a partial sync's."""
+    return any(
+        (isinstance(c, DeleteSet) and c.name in fixed)
+        or (isinstance(c, AddSet) and c.set.name in fixed)
+        for tx in txs
+        for c in tx.changes
+    )
 
 
 class Loop:
@@ -108,12 +148,25 @@ class Loop:
         """Set while the loop waits (nothing being applied)."""
         self.last_sync_end = 0.0
         """When the last successful sync ended (monotonic)."""
-        self.applied: dict[Family, Table | None] | None = None
+        self.index: dict[Family, FamilyIndex] | None = None
+        """What was applied, per owner (None before the first sync)."""
+        self.node: NodeConfig | None = None
+        """The node settings the index was built with."""
+        self.clashes = False
+        """Two owners claimed one address and port: syncs are full until that ends."""
+        self._read: dict[Family, Table | None] | None = None
+        """The kernel as the drift check read it, for the repairing sync."""
+        self.health_ports: dict[ObjectKey, int] = {}
+        self.local_counts: dict[ObjectKey, int] = {}
+        self.no_local: dict[ObjectKey, tuple[bool, bool]] = {}
+        """Services without local endpoints: (internal policy Local, external Local)."""
         self.need_full = False
         self.repair = False
         self.syncs = 0
         self.failures = 0
         self.last_result: SyncResult | None = None
+        self.last_partial = False
+        """Whether the last sync planned only what changed."""
         self._first_change: float | None = None
         self._log = log.logger()
 
@@ -162,57 +215,141 @@ class Loop:
             self.wake.clear()
 
     def sync_once(self) -> bool:
-        """One sync of everything the cache holds; False when the kernel refused it."""
+        """One sync of what changed (or of everything); False when the kernel refused it."""
         self.wake.clear()
         first, self._first_change = self._first_change, None
-        snap, changes = self.cache.take()
+        if self.index is None or self.need_full or self.repair or self.clashes:
+            snap, changes = self.cache.take()
+            return self._sync_all(snap, changes, first)
+        snap, changes = self.cache.take_changed()
+        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        if not changes.node and node == self.node:
+            done = self._sync_changed(snap, changes, node, first)
+            if done is not None:
+                return done
+        return self._sync_all(self.cache.held(), changes, first)
+
+    def _sync_all(self, snap: Snapshot, changes: Changes, first: float | None) -> bool:
+        """Compute everything, plan against what was applied (read on the first sync)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
-        ruleset = build(state)
-        if self.applied is None:
-            self.applied = read_tables(self.kernel)
-        full = self.need_full
+        index = {fs.node.family: FamilyIndex.of(fs) for fs in state.families}
+        ruleset = self._ruleset(index)
+        current = self.applied if self.index is not None else read_tables(self.kernel)
+        if self.repair and self._read is not None:
+            current = self._read
         try:
             result = sync(
-                self.kernel, ruleset, full=full, dry_run=self.dry_run, read_already=self.applied
+                self.kernel,
+                ruleset,
+                full=self.need_full,
+                dry_run=self.dry_run,
+                read_already=current,
             )
         except NftError as err:
-            self._failed(err, changes, first)
+            self._failed(err, first)
             return False
-        self.applied = desired_tables(ruleset)
-        self.need_full = self.repair = False
-        self.syncs += 1
-        self.last_result = result
-        self.last_sync_end = time.monotonic()
-        if self.dry_run:
-            self.out.write(result.script)
-            self.out.flush()
-        self._after(Done(snap, state, ruleset, result, changes, first))
+        self.index, self.node, self._read = index, node, None
+        self.clashes = state.clashes > 0
+        for table in (self.health_ports, self.local_counts, self.no_local):
+            table.clear()
+        self._done(Done(snap, state, ruleset, result, changes, first, partial=False))
         return True
 
-    def _failed(self, err: NftError, changes: Changes, first: float | None) -> None:
+    def _sync_changed(
+        self, snap: Snapshot, changes: Changes, node: NodeConfig, first: float | None
+    ) -> bool | None:
+        """Compute and plan only what changed; None when that cannot be done alone
+        (the full path then runs)."""
+        assert self.index is not None
+        state = compute_state(snap.objects, node)
+        if state.clashes:
+            return None
+        touched = owners(changes)
+        planned: dict[Family, Change] = {}
+        for fs in state.families:
+            ports: dict[OwnerKey, list[ServicePort]] = {key: [] for key in touched}
+            ports.update(by_owner(fs.service_ports))
+            change = self.index[fs.node.family].change(fs.node, ports)
+            if change is None:
+                return None
+            planned[fs.node.family] = change
+        was = present({f: idx.has_ports() for f, idx in self.index.items()})
+        if present({f: self.index[f].has_ports(c) for f, c in planned.items()}) != was:
+            return None
+        current = {f: planned[f].current if was[f] else None for f in FAMILIES}
+        desired = {f: planned[f].desired if was[f] else None for f in FAMILIES}
+        txs = plan_all(desired, current)
+        fixed = {st.name for idx in self.index.values() for st in idx.fixed.sets}
+        if replaces_a_fixed_set(txs, fixed):
+            return None
+        ruleset = Ruleset(tuple(t for t in desired.values() if t is not None))
+        if not txs:
+            result = SyncResult((), "", Summary(), 0.0, False, current)
+        else:
+            try:
+                result = sync(
+                    self.kernel, ruleset, dry_run=self.dry_run, read_already=current, planned=txs
+                )
+            except NftError as err:
+                self._failed(err, first)
+                return False
+        for family, change in planned.items():
+            self.index[family].commit(change)
+        for key in changes.services:
+            for table in (self.health_ports, self.local_counts, self.no_local):
+                table.pop(key, None)
+        self._done(Done(snap, state, ruleset, result, changes, first, partial=True))
+        return True
+
+    def _ruleset(self, index: dict[Family, FamilyIndex]) -> Ruleset:
+        held = present({f: idx.has_ports() for f, idx in index.items()})
+        tables = tuple(index[f].table() for f in FAMILIES if held[f])
+        return Ruleset(tables, tuple(f for f in FAMILIES if not held[f]))
+
+    @property
+    def applied(self) -> dict[Family, Table | None] | None:
+        """What the kernel holds, as far as the loop knows (None before the first sync)."""
+        if self.index is None:
+            return None
+        return desired_tables(self._ruleset(self.index))
+
+    def _failed(self, err: NftError, first: float | None) -> None:
         self.failures += 1
         self.metrics.sync_failures.inc()
         self.need_full = True  # the next one replaces the tables whole
         if first is not None and self._first_change is None:
             self._first_change = first
         self._log.error("sync failed; the next sync replaces the tables whole", error=str(err))
-        del changes  # folded into the next full sync, which recomputes everything
+
+    def _done(self, done: Done) -> None:
+        self.need_full = self.repair = False
+        self.syncs += 1
+        self.last_result = done.result
+        self.last_partial = done.partial
+        self.last_sync_end = time.monotonic()
+        if self.dry_run:
+            self.out.write(done.result.script)
+            self.out.flush()
+        self._after(done)
 
     def _after(self, done: Done) -> None:
         snap, state, result, changes = done.snap, done.state, done.result, done.changes
+        ports, local = health_check_ports(snap, self.base.name)
+        self.health_ports.update(ports)
+        self.local_counts.update(local)
         if self.services is not None:
-            ports, local = health_check_ports(snap, self.base.name)
-            self.services.sync_services(ports)
-            self.services.sync_endpoints(local)
+            self.services.sync_services(self.health_ports)
+            self.services.sync_endpoints(self.local_counts)
         if snap.node is not None:
             self.health.node_eligible = snap.node.eligible
         self.health.updated()
-        deleted = 0 if self.dry_run else self._delete_stale_flows(result, done.ruleset, state)
+        deleted = 0 if self.dry_run else self._delete_stale_flows(result, done.desired, state)
         self._count(done)
         self._log.info(
             "synced",
             full=result.full,
+            partial=done.partial,
             seconds=round(result.seconds, 4),
             added=result.summary.added,
             changed=result.summary.changed,
@@ -238,34 +375,25 @@ class Loop:
     def _count(self, done: Done) -> None:
         state, result, changes, first = done.state, done.result, done.changes, done.first
         m = self.metrics
-        (m.full_sync_duration if result.full else m.partial_sync_duration).observe(result.seconds)
+        (m.partial_sync_duration if done.partial else m.full_sync_duration).observe(result.seconds)
         m.sync_duration.observe(result.seconds)
         m.last_sync.set_to_current_time()
         m.endpoint_changes.inc(changes.endpoint_changes)
         m.service_changes.inc(changes.service_changes)
         if first is not None:
             m.programming.observe(time.monotonic() - first)
-        tables = done.ruleset.tables
-        m.elements.set(sum(len(s.elements) for t in tables for s in t.sets))
-        m.chains.set(sum(len(t.chains) for t in tables))
-        internal = {
-            sp.name
-            for fs in state.families
-            for sp in fs.service_ports
-            if sp.internal_local and sp.cluster_endpoints and not sp.local_endpoints
-        }
-        external = {
-            sp.name
-            for fs in state.families
-            for sp in fs.service_ports
-            if sp.external_local and sp.cluster_endpoints and not sp.local_endpoints
-        }
-        m.no_local_endpoints.labels(traffic_policy="internal").set(
-            len({(n.namespace, n.name) for n in internal})
-        )
-        m.no_local_endpoints.labels(traffic_policy="external").set(
-            len({(n.namespace, n.name) for n in external})
-        )
+        if self.index is not None:
+            m.elements.set(sum(idx.element_count() for idx in self.index.values()))
+            m.chains.set(sum(idx.chain_count() for idx in self.index.values()))
+        for fs in state.families:
+            for sp in fs.service_ports:
+                if sp.owner == "Service" and sp.cluster_endpoints and not sp.local_endpoints:
+                    key = (sp.name.namespace, sp.name.name)
+                    was = self.no_local.get(key, (False, False))
+                    self.no_local[key] = (was[0] or sp.internal_local, was[1] or sp.external_local)
+        for i, policy in enumerate(("internal", "external")):
+            count = sum(1 for flags in self.no_local.values() if flags[i])
+            m.no_local_endpoints.labels(traffic_policy=policy).set(count)
 
     # -- drift ----------------------------------------------------------------
 
@@ -289,7 +417,7 @@ class Loop:
                 family=d.family,
             )
         self.metrics.drift_repaired.inc(len(diffs))
-        self.applied = current  # the next sync plans against what is really there
+        self._read = current  # the repairing sync plans against what is really there
         self.wake.set()
         self.repair = True
         return len(diffs)

@@ -105,6 +105,8 @@ class ServicePort:
     source_ranges: tuple[IPNetwork, ...] = ()
     serving_endpoints: tuple[Endpoint, ...] = ()
     """Every endpoint that serves, terminating ones included: their UDP flows stay."""
+    owner: str = "Service"
+    """The kind of object the port comes from: ``Service``, or ``Pod`` for a hostPort."""
 
     @property
     def protocol(self) -> Protocol:
@@ -131,6 +133,8 @@ class ProxyState:
 
     families: tuple[FamilyState, ...]
     problems: tuple[Problem, ...] = ()
+    clashes: int = 0
+    """How many entries were claimed by two Service ports (one of them lost it)."""
 
 
 Sourced = tuple[str, KubeObject]
@@ -290,6 +294,7 @@ def _host_ports(pod: Pod, node: FamilyNode, node_name: str) -> Iterator[ServiceP
             # As the CNI portmap plugin: the client address is kept; only the
             # node's own traffic and hairpin traffic are masqueraded.
             external_local=True,
+            owner="Pod",
         )
 
 
@@ -386,6 +391,7 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
                 for sl in owned
             ]
     families = []
+    clashed = 0
     where = Where(node.name, node.zone or "")
     for family in (Family.IP, Family.IP6):
         fnode = node.family(family)
@@ -398,5 +404,6 @@ def compute_state(objects: Iterable[Sourced], node: NodeConfig) -> ProxyState:
             ports += [sp for pod in pods for sp in _host_ports(pod, fnode, node.name)]
         kept, clashes = _claim_entries(sorted(ports, key=_port_order))
         problems += clashes
+        clashed += len(clashes)
         families.append(FamilyState(fnode, tuple(kept)))
-    return ProxyState(tuple(families), tuple(problems))
+    return ProxyState(tuple(families), tuple(problems), clashed)

@@ -220,11 +220,14 @@ def sync(
     checkpoint: Path | None = None,
     table: str = names.TABLE,
     read_already: dict[Family, Table | None] | None = None,
+    planned: tuple[Transaction, ...] | None = None,
 ) -> SyncResult:
     """Make the kernel hold ruleset: incrementally, or whole with ``full``.
 
     ``read_already`` is the kernel's state read a moment ago (by :func:`read_ahead`),
-    used instead of reading it again when no checkpoint is trusted.
+    or what was applied last, used instead of reading it again when no checkpoint
+    is trusted; ``planned`` the transactions from it to ruleset, when the caller
+    has planned them already.
     """
     start = time.perf_counter()
     desired = desired_tables(ruleset)
@@ -235,7 +238,7 @@ def sync(
         current = saved.tables
     else:
         current = read_already if read_already is not None else read_tables(kernel, table)
-    txs = plan_all(desired, current, table)
+    txs = plan_all(desired, current, table) if planned is None or trusted else planned
     summary = sum((summarize(tx) for tx in txs), Summary())
     stamps = [(f, c) for f, t in desired.items() if t is not None for c in _stamp(t, stamp)]
     marks = "".join(render_change(c, f, table) + "\n" for f, c in stamps)

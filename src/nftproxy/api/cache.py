@@ -15,7 +15,7 @@ from typing import Any
 
 from nftproxy import log
 from nftproxy.api.node import NodeInfo, parse_node, service_cidrs
-from nftproxy.objects import EndpointSlice, KubeObject, Pod, Service, object_label, parse_object
+from nftproxy.objects import EndpointSlice, KubeObject, Service, object_label, parse_object
 from nftproxy.problems import InvalidObjectError, Problem
 from nftproxy.state import Sourced
 
@@ -25,14 +25,14 @@ ObjectKey = tuple[str, str]
 
 @dataclass
 class Changes:
-    """What changed since the last sync: Services (by namespace/name), and whether
-    the node or anything node-wide did."""
+    """What changed since the last sync: Services (by namespace/name, also when one
+    of their slices did), Pods, and whether the node or anything node-wide did."""
 
     services: set[ObjectKey] = field(default_factory=set)
     endpoint_changes: int = 0
     service_changes: int = 0
     node: bool = False
-    pods: bool = False
+    pods: set[ObjectKey] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.services or self.node or self.pods)
@@ -62,6 +62,8 @@ class Cache:
             "Pod": {},
         }
         self._versions: dict[tuple[str, ObjectKey], str] = {}
+        self._slices: dict[ObjectKey, dict[str, EndpointSlice]] = {}
+        """EndpointSlices by the Service they belong to, then by name."""
         self._node: NodeInfo | None = None
         self._cidrs: dict[str, tuple[str, ...]] = {}
         self._changes = Changes()
@@ -79,6 +81,7 @@ class Cache:
             for key in list(self._held(kind)):
                 if key not in keys:
                     changed |= self._drop(kind, key)
+            changed &= bool(self._changes)
         if changed:
             self.on_change()
 
@@ -86,6 +89,7 @@ class Cache:
         """One watch event."""
         with self._lock:
             changed = self._drop(kind, _key(obj)) if type_ == "DELETED" else self._put(kind, obj)
+            changed &= bool(self._changes)  # a Pod without hostPorts changes nothing
         if changed:
             self.on_change()
 
@@ -123,9 +127,22 @@ class Cache:
         obj = parse_object(raw)
         if obj is None:
             return self._drop(kind, key)
+        old = self._objects[kind].get(key)
+        if old is not None:
+            self._unindex(old)
+            self._mark(old, count=False)  # a slice may have moved to another Service
         self._objects[kind][key] = obj
+        if isinstance(obj, EndpointSlice):
+            self._slices.setdefault((obj.namespace, obj.service), {})[obj.name] = obj
         self._mark(obj)
         return True
+
+    def _unindex(self, obj: KubeObject) -> None:
+        if isinstance(obj, EndpointSlice):
+            owned = self._slices.get((obj.namespace, obj.service), {})
+            owned.pop(obj.name, None)
+            if not owned:
+                self._slices.pop((obj.namespace, obj.service), None)
 
     def _drop(self, kind: str, key: ObjectKey) -> bool:
         self._versions.pop((kind, key), None)
@@ -141,34 +158,60 @@ class Cache:
         obj = self._objects[kind].pop(key, None)
         if obj is None:
             return False
+        self._unindex(obj)
         self._mark(obj)
         return True
 
-    def _mark(self, obj: KubeObject) -> None:
+    def _mark(self, obj: KubeObject, *, count: bool = True) -> None:
+        """Note what obj's change touches; a Pod matters only with hostPorts."""
         if isinstance(obj, Service):
             self._changes.services.add((obj.namespace, obj.name))
-            self._changes.service_changes += 1
+            self._changes.service_changes += count
         elif isinstance(obj, EndpointSlice):
             self._changes.services.add((obj.namespace, obj.service))
-            self._changes.endpoint_changes += 1
-        elif isinstance(obj, Pod):
-            self._changes.pods = True
+            self._changes.endpoint_changes += count
+        elif obj.host_ports:
+            self._changes.pods.add((obj.namespace, obj.name))
 
     # -- the loop's side ------------------------------------------------------
 
     def take(self) -> tuple[Snapshot, Changes]:
         """Everything held, and what changed since the last take (now cleared)."""
         with self._lock:
-            changes, self._changes = self._changes, Changes()
-            objects: list[Sourced] = [
-                (SOURCE, obj) for kind in self._objects.values() for obj in kind.values()
+            return self._snapshot(None, None), self._take_changes()
+
+    def held(self) -> Snapshot:
+        """Everything held; what changed stays marked."""
+        with self._lock:
+            return self._snapshot(None, None)
+
+    def take_changed(self) -> tuple[Snapshot, Changes]:
+        """What changed since the last take (now cleared), and the objects held for
+        it: the changed Services with their slices, and the changed Pods. O(changes)."""
+        with self._lock:
+            changes = self._take_changes()
+            return self._snapshot(changes.services, changes.pods), changes
+
+    def _take_changes(self) -> Changes:
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def _snapshot(self, services: set[ObjectKey] | None, pods: set[ObjectKey] | None) -> Snapshot:
+        """Everything held (None), or the given Services and Pods."""
+        objects: list[Sourced] = []
+        if services is None or pods is None:
+            objects = [(SOURCE, obj) for kind in self._objects.values() for obj in kind.values()]
+            slices = {k: list(v.values()) for k, v in self._slices.items()}
+        else:
+            slices = {k: list(self._slices[k].values()) for k in services if k in self._slices}
+            held = self._objects["Service"]
+            objects = [(SOURCE, held[k]) for k in services if k in held]
+            objects += [(SOURCE, sl) for owned in slices.values() for sl in owned]
+            objects += [
+                (SOURCE, self._objects["Pod"][k]) for k in pods if k in self._objects["Pod"]
             ]
-            slices: dict[ObjectKey, list[EndpointSlice]] = {}
-            for sl in self._objects["EndpointSlice"].values():
-                assert isinstance(sl, EndpointSlice)
-                slices.setdefault((sl.namespace, sl.service), []).append(sl)
-            cidrs = tuple(c for cs in self._cidrs.values() for c in cs)
-            return Snapshot(objects, self._node, cidrs, slices), changes
+        cidrs = tuple(c for cs in self._cidrs.values() for c in cs)
+        return Snapshot(objects, self._node, cidrs, slices)
 
     def pending(self) -> bool:
         """Whether anything changed since the last take."""

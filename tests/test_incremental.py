@@ -1,0 +1,183 @@
+"""Property: whatever sequence of changes the watches deliver, the loop's syncs (most
+of them planned for the changed Services alone) leave the kernel holding exactly
+what a fresh full sync of the final objects would program."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from apiobjects import clusters, pods, services, slices_for
+from helpers import NODE, endpoint, service, slice_
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nftproxy.api.cache import Cache
+from nftproxy.build import build
+from nftproxy.kernel import Libnftables
+from nftproxy.lab.netns import Lab
+from nftproxy.loop import Loop, Timing
+from nftproxy.manifests import Loaded, load_objects
+from nftproxy.nft.model import Ruleset
+from nftproxy.nft.transaction import DeleteSet
+from nftproxy.serve.health import ProxyHealth
+from nftproxy.serve.metrics import Metrics
+from nftproxy.state import compute_state
+from nftproxy.sync import drift, read_tables
+
+pytestmark = pytest.mark.kernel
+
+Doc = dict[str, Any]
+EXPLORE = bool(os.environ.get("NFTPROXY_HYPOTHESIS_RANDOM"))
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Libnftables]:
+    with Lab("incr") as lab:
+        yield Libnftables(lab.node)
+
+
+def new_loop(kernel: Libnftables) -> Loop:
+    metrics = Metrics()
+    cache = Cache(NODE.name)
+    loop = Loop(
+        kernel,
+        cache,
+        NODE,
+        timing=Timing(min_sync=0),
+        metrics=metrics,
+        health=ProxyHealth(60, metrics),
+        out=io.StringIO(),
+    )
+    return loop
+
+
+def full_ruleset(docs: list[Doc]) -> Ruleset:
+    loaded = Loaded()
+    load_objects(iter(docs), "generated", loaded)
+    return build(compute_state(loaded.objects, NODE))
+
+
+def deliver(cache: Cache, docs: list[Doc]) -> None:
+    """What a relist of every kind delivers."""
+    for kind in ("Service", "EndpointSlice", "Pod"):
+        cache.replace(kind, [copy.deepcopy(d) for d in docs if d["kind"] == kind])
+
+
+def _key(doc: Doc) -> tuple[str, str, str]:
+    meta = doc["metadata"]
+    return doc["kind"], meta.get("namespace", ""), meta["name"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[list[Doc]]:
+    """A cluster, then 1 to 5 steps that each change, add or delete some objects:
+    a Service respecified under its name, its slices redrawn or gone, Services
+    added and deleted, hostPort Pods coming and going."""
+    docs = draw(clusters())
+    out = [docs]
+    for _ in range(draw(st.integers(1, 5))):
+        docs = list(docs)
+        svcs = [d for d in docs if d["kind"] == "Service"]
+        picked = draw(st.lists(st.sampled_from(svcs), max_size=3, unique_by=id)) if svcs else []
+        for old in picked:
+            action = draw(st.sampled_from(["respec", "slices", "delete", "no slices"]))
+            ns, name = old["metadata"]["namespace"], old["metadata"]["name"]
+            owned = [
+                d
+                for d in docs
+                if d["kind"] == "EndpointSlice"
+                and d["metadata"]["namespace"] == ns
+                and d["metadata"]["labels"]["kubernetes.io/service-name"] == name
+            ]
+            docs = [d for d in docs if d is not old and not any(d is o for o in owned)]
+            if action == "delete":
+                continue
+            svc = old
+            if action == "respec":
+                svc = {**draw(services()), "metadata": old["metadata"]}
+            docs.append(svc)
+            if action in {"slices", "respec"}:
+                docs += draw(slices_for(svc))
+        if draw(st.booleans()):
+            for svc in draw(st.lists(services(), max_size=2)):
+                docs += [svc, *draw(slices_for(svc))]
+        if draw(st.booleans()):
+            docs = [d for d in docs if d["kind"] != "Pod"] + draw(st.lists(pods(), max_size=2))
+        keys = {_key(d) for d in docs}
+        if len(keys) == len(docs):  # generated names may collide: keep histories valid
+            out.append(docs)
+    return out
+
+
+@settings(
+    max_examples=200 if EXPLORE else 40,
+    deadline=None,
+    database=None,
+    derandomize=not EXPLORE,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(history=histories())
+def test_the_kernel_always_holds_what_a_full_sync_would(
+    kernel: Libnftables, history: list[list[Doc]]
+) -> None:
+    loop = new_loop(kernel)
+    loop.need_full = True  # the kernel holds the previous example's tables
+    for docs in history:
+        deliver(loop.cache, docs)
+        assert loop.sync_once()
+        want = full_ruleset(docs)
+        assert not drift(want, read_tables(kernel)), "kernel differs from a full sync"
+        assert loop.applied is not None
+        assert not drift(want, loop.applied), "what the loop remembers differs"
+
+
+def test_one_endpoint_change_is_planned_alone(kernel: Libnftables) -> None:
+    """A slice change on a loaded node touches only that Service's elements."""
+    loop = new_loop(kernel)
+    loop.need_full = True
+    docs: list[Doc] = []
+    for i in range(20):
+        docs += [
+            service(f"s{i}", clusterIP=f"172.30.1.{i}"),
+            slice_(f"s{i}", endpoint(f"10.1.{i}.1"), endpoint(f"10.1.{i}.2")),
+        ]
+    deliver(loop.cache, docs)
+    assert loop.sync_once()
+    docs[1] = slice_("s0", endpoint("10.1.0.1"), endpoint("10.1.0.3"))
+    deliver(loop.cache, docs)
+    assert loop.sync_once()
+    result = loop.last_result
+    assert result is not None and loop.last_partial
+    script = result.script
+    assert "10.1.0.3" in script and "10.1.0.2" in script  # in and out
+    assert "10.1.1." not in script and "172.30.1.1 " not in script
+    assert not any(isinstance(c, DeleteSet) for tx in result.transactions for c in tx.changes)
+    assert not drift(full_ruleset(docs), read_tables(kernel))
+
+
+def test_a_clash_goes_the_full_way_and_back(kernel: Libnftables) -> None:
+    """Two Services on one address and port: the full path decides who wins, as
+    for manifests; once the clash ends, syncs are partial again."""
+    loop = new_loop(kernel)
+    loop.need_full = True
+    a = [service("a", clusterIP="172.30.2.1"), slice_("a", endpoint("10.2.0.1"))]
+    b = [service("b", clusterIP="172.30.2.2"), slice_("b", endpoint("10.2.0.2"))]
+    deliver(loop.cache, a + b)
+    assert loop.sync_once()
+    b[0] = service("b", clusterIP="172.30.2.2", externalIPs=["172.30.2.1"])
+    deliver(loop.cache, a + b)
+    assert loop.sync_once() and loop.clashes
+    assert not drift(full_ruleset(a + b), read_tables(kernel))
+    b[0] = service("b", clusterIP="172.30.2.2")
+    deliver(loop.cache, a + b)
+    assert loop.sync_once() and not loop.clashes
+    b[1] = slice_("b", endpoint("10.2.0.3"))
+    deliver(loop.cache, a + b)
+    assert loop.sync_once()
+    assert loop.last_partial
+    assert not drift(full_ruleset(a + b), read_tables(kernel))
