@@ -382,6 +382,23 @@ def test_failed_transaction_changes_nothing(lab: tuple[Lab, Libnftables]) -> Non
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[2]}
 
 
+def test_large_scripts_run_in_an_nft_child(
+    lab: tuple[Lab, Libnftables], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the size limit a script goes to ``nft -f -`` in the same namespace:
+    the same transaction, the same typed errors, nothing applied on failure."""
+    lab_, kernel = lab
+    monkeypatch.setattr("nftproxy.kernel.CHILD_SCRIPT_BYTES", 0)
+    old = ruleset(*web(EPS[0], EPS[1]))
+    sync(kernel, old, full=True)
+    assert in_sync(kernel, old)
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[0], EPS[1]}
+    with pytest.raises(NftError) as err:
+        kernel.run("flush table ip nftproxy\nadd rule ip nftproxy nosuchchain accept\n")
+    assert err.value.kind.value == "not found" and "nosuchchain" in err.value.message
+    assert in_sync(kernel, old)
+
+
 def test_feature_probe(lab: tuple[Lab, Libnftables]) -> None:
     assert missing_features(lab[1]) == []
     bogus = {"a made-up statement": "chain c { frobnicate; }"}

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Protocol
@@ -92,6 +94,8 @@ class Kernel(Protocol):
 
 
 CLONE_NEWNET = 0x40000000
+CHILD_SCRIPT_BYTES = 1 << 20
+"""Scripts larger than this run in an ``nft`` child process (see :meth:`Libnftables.run`)."""
 
 
 def _setns(fd: int) -> None:
@@ -131,6 +135,7 @@ class Libnftables:
     def __init__(self, netns: str | None = None) -> None:
         import nftables  # noqa: PLC0415 - a system package; render does not need it
 
+        self.netns = netns
         with in_netns(netns):
             self._nft = nftables.Nftables()
             self._sock = Socket()
@@ -144,9 +149,25 @@ class Libnftables:
         return str(out)
 
     def run(self, script: str) -> None:
-        """Run a script as one atomic transaction."""
-        if script:
+        """Run a script as one atomic transaction.
+
+        A large one (a full load) goes to an ``nft -f -`` child process: nft's
+        parser needs about 30 times the script's size, and memory libnftables takes
+        in a long-running process stays resident (measured at 10,000 Services: a
+        6 MB script, 174 MB more RSS for good). The child gives it back on exit.
+        """
+        if len(script) > CHILD_SCRIPT_BYTES and shutil.which("nft"):
+            self._run_in_child(script)
+        elif script:
             self._cmd(script)
+
+    def _run_in_child(self, script: str) -> None:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        done = subprocess.run(
+            [*prefix, "nft", "-f", "-"], input=script, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise NftError(classify(done.stderr), done.stderr.strip())
 
     def check(self, script: str) -> None:
         """Have the kernel validate a script without committing it."""

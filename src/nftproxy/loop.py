@@ -23,6 +23,7 @@ from nftproxy import log
 from nftproxy.api.cache import Cache, Changes, ObjectKey, Snapshot
 from nftproxy.applied import Change, FamilyIndex, OwnerKey, by_owner
 from nftproxy.config import NodeConfig
+from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
 from nftproxy.nft.transaction import AddSet, DeleteSet, Transaction
@@ -229,6 +230,7 @@ class Loop:
                 return done
         return self._sync_all(self.cache.held(), changes, first)
 
+    @paused_gc()
     def _sync_all(self, snap: Snapshot, changes: Changes, first: float | None) -> bool:
         """Compute everything, plan against what was applied (read on the first sync)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)

@@ -209,7 +209,13 @@ class Store:
         """The changes after rv, or None when rv is older than the history (410)."""
         if rv < self.oldest:
             return None
-        return [e for e in self.history if e.rv > rv]
+        newer: list[Event] = []
+        for e in reversed(self.history):  # newest first: O(changes), not O(history)
+            if e.rv <= rv:
+                break
+            newer.append(e)
+        newer.reverse()
+        return newer
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
