@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from nftproxy.api.cache import Cache
 from nftproxy.build import build
 from nftproxy.kernel import Libnftables
-from nftproxy.lab.netns import Lab
-from nftproxy.loop import Loop, Timing
+from nftproxy.lab.netns import Lab, in_ns
+from nftproxy.loop import FULL_CHECK_EVERY, Loop, Timing
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.model import Ruleset
 from nftproxy.nft.transaction import DeleteSet
@@ -181,3 +181,34 @@ def test_a_clash_goes_the_full_way_and_back(kernel: Libnftables) -> None:
     assert loop.sync_once()
     assert loop.last_partial
     assert not drift(full_ruleset(a + b), read_tables(kernel))
+
+
+class CountingReads(Libnftables):
+    """The real kernel, counting table reads."""
+
+    reads = 0
+
+    def read_table(self, family: Any, name: str) -> Any:
+        self.reads += 1
+        return super().read_table(family, name)
+
+
+def test_the_drift_check_reads_the_kernel_only_after_a_foreign_change() -> None:
+    with Lab("gen") as lab:
+        kernel = CountingReads(lab.node)
+        loop = new_loop(kernel)
+        deliver(loop.cache, [service("a"), slice_("a", endpoint("10.3.0.1"))])
+        assert loop.sync_once()
+        kernel.reads = 0
+        assert loop.check_drift() == 0 and kernel.reads == 0  # nothing committed since
+        in_ns(lab.node, "nft", "add", "table", "inet", "somebody-else")
+        assert loop.check_drift() == 0 and kernel.reads > 0  # read: ours is intact
+        kernel.reads = 0
+        assert loop.check_drift() == 0 and kernel.reads == 0
+        in_ns(lab.node, "nft", "flush", "map", "ip", "nftproxy", "service-ips")
+        assert loop.check_drift() > 0
+        assert loop.sync_once()  # the repair
+        kernel.reads = 0
+        for _ in range(FULL_CHECK_EVERY):
+            assert loop.check_drift() == 0
+        assert kernel.reads > 0  # every tenth check reads regardless

@@ -25,7 +25,7 @@ import orjson
 from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.conntrack import StalePlan, delete_stale
 from nftproxy.nft.model import Family, Set, Table
-from nftproxy.nft.read import TableReader, table_names
+from nftproxy.nft.read import TableReader, generation, table_names
 from nftproxy.nft.wire import Socket
 
 
@@ -91,6 +91,9 @@ class Kernel(Protocol):
 
     def delete_stale_flows(self, plan: StalePlan) -> int:
         """Delete the conntrack entries plan finds stale; how many were deleted."""
+
+    def generation(self) -> int:
+        """The ruleset generation (moved by every committed transaction)."""
 
 
 CLONE_NEWNET = 0x40000000
@@ -213,3 +216,7 @@ class Libnftables:
     def delete_stale_flows(self, plan: StalePlan) -> int:
         """Delete stale conntrack entries (the netfilter socket speaks conntrack too)."""
         return delete_stale(plan, self._sock)
+
+    def generation(self) -> int:
+        """The ruleset generation, read over netlink."""
+        return generation(self._sock)

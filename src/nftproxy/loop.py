@@ -44,6 +44,11 @@ from nftproxy.sync import (
     sync,
 )
 
+WAIT_SLICE = 0.5
+"""The longest the loop waits at once (seconds): how soon it sees SIGTERM."""
+FULL_CHECK_EVERY = 10
+"""Every this many drift checks read the kernel even when its generation has not moved."""
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -161,6 +166,11 @@ class Loop:
         self.local_counts: dict[ObjectKey, int] = {}
         self.no_local: dict[ObjectKey, tuple[bool, bool]] = {}
         """Services without local endpoints: (internal policy Local, external Local)."""
+        self._generation: int | None = None
+        """The kernel's ruleset generation right after the last sync."""
+        self._checks = 0
+        self.stopping = False
+        """Set by a signal handler: end after the sync in flight (no lock involved)."""
         self.need_full = False
         self.repair = False
         self.syncs = 0
@@ -190,11 +200,11 @@ class Loop:
         """Sync until stop is set; the first sync waits until ``ready()``;
         ``after_first`` runs once after the first successful sync."""
         while not ready():
-            if stop.wait(0.05):
+            if stop.wait(0.05) or self.stopping:
                 return
         last_start = -1e9
         next_period = next_drift = 0.0
-        while not stop.is_set():
+        while not stop.is_set() and not self.stopping:
             now = time.monotonic()
             due = self.cache.pending() or self.need_full or self.repair or now >= next_period
             if due and now - last_start >= self.timing.min_sync:
@@ -211,7 +221,9 @@ class Loop:
             if due:
                 wait = min(wait, last_start + self.timing.min_sync - now)
             self.idle.set()
-            self.wake.wait(max(wait, 0.0))
+            # In slices: a signal the kernel hands to another thread runs its Python
+            # handler only when this (the main) thread next runs Python code.
+            self.wake.wait(min(max(wait, 0.0), WAIT_SLICE))
             self.idle.clear()
             self.wake.clear()
 
@@ -325,6 +337,8 @@ class Loop:
         self._log.error("sync failed; the next sync replaces the tables whole", error=str(err))
 
     def _done(self, done: Done) -> None:
+        if not self.dry_run:
+            self._generation = self.kernel.generation()
         self.need_full = self.repair = False
         self.syncs += 1
         self.last_result = done.result
@@ -400,13 +414,24 @@ class Loop:
     # -- drift ----------------------------------------------------------------
 
     def check_drift(self) -> int:
-        """Read the kernel, compare with what was applied, repair what differs."""
-        if self.applied is None or self.dry_run:
+        """Read the kernel, compare with what was applied, repair what differs.
+
+        When no transaction was committed since the last sync (the kernel's ruleset
+        generation is where that sync left it), nothing can differ and the read is
+        skipped, except every ``FULL_CHECK_EVERY`` checks (a change made between
+        a sync and its reading of the generation would hide until then)."""
+        if self.index is None or self.dry_run:
+            return 0
+        self._checks += 1
+        seen = self.kernel.generation()
+        if self._checks % FULL_CHECK_EVERY and seen == self._generation:
             return 0
         current = read_tables(self.kernel)
+        assert self.applied is not None
         ruleset = Ruleset(tuple(t for t in self.applied.values() if t is not None))
         diffs = drift(ruleset, current)
         if not diffs:
+            self._generation = seen  # somebody else's change: ours is intact
             return 0
         for d in diffs:
             self._log.warning(

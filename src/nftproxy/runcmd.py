@@ -242,14 +242,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _on_signals(proxy: Proxy) -> list[str]:
-    """SIGTERM and SIGINT end the loop after the sync in flight. The handler only
-    sets flags: logging from it could deadlock on the logger's lock."""
+    """SIGTERM and SIGINT end the loop after the sync in flight (the loop looks at
+    its ``stopping`` flag at least every half second). The handler takes no lock:
+    it runs in the main thread between two bytecodes, perhaps while that thread
+    holds the very lock (a logger's, an Event's) it would wait for."""
     received: list[str] = []
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         received.append(signal.Signals(signum).name)
-        proxy.stop.set()
-        proxy.loop.wake.set()
+        proxy.loop.stopping = True
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)

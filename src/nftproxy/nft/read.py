@@ -158,8 +158,7 @@ class TableReader:
         return None
 
     def _generation(self) -> int:
-        (body,) = self.sock.dump(Message.GETGEN, 0, {}, dump=False)
-        return be32(attributes(body)[GEN_ID])
+        return generation(self.sock)
 
     def _bodies(self, message: Message, attrs: dict[int, bytes]) -> list[bytes]:
         """A dump's replies; none when what it names is gone (the generation tells)."""
@@ -404,3 +403,10 @@ def table_names(sock: Socket, family: Family) -> set[str]:
     return {
         text(attributes(b)[TABLE_NAME]) for b in sock.dump(Message.GETTABLE, FAMILIES[family], {})
     }
+
+
+def generation(sock: Socket) -> int:
+    """The kernel's ruleset generation: every committed transaction, of any table
+    and any program, moves it."""
+    (body,) = sock.dump(Message.GETGEN, 0, {}, dump=False)
+    return be32(attributes(body)[GEN_ID])
