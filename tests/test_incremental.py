@@ -188,9 +188,9 @@ class CountingReads(Libnftables):
 
     reads = 0
 
-    def read_table(self, family: Any, name: str) -> Any:
+    def read_table(self, family: Any, name: str, *, elements: bool = True) -> Any:
         self.reads += 1
-        return super().read_table(family, name)
+        return super().read_table(family, name, elements=elements)
 
 
 def test_the_drift_check_reads_the_kernel_only_after_a_foreign_change() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import subprocess
@@ -519,6 +520,14 @@ def test_cleanup_removes_ours_and_on_request_kube_proxy(lab: tuple[Lab, Libnftab
     assert "table ip other" in in_ns(lab_.node, "nft", "list", "tables")
 
 
+class _ReadsCounted(Libnftables):
+    with_elements = 0
+
+    def read_table(self, family: Family, name: str, *, elements: bool = True) -> Any:
+        self.with_elements += elements
+        return super().read_table(family, name, elements=elements)
+
+
 def test_restart_with_a_checkpoint_reads_no_elements_back(
     lab: tuple[Lab, Libnftables], tmp_path: Path
 ) -> None:
@@ -528,8 +537,14 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
     cp = tmp_path / "checkpoint"
     first = sync(kernel, ruleset(*web(EPS[0], EPS[1])), checkpoint=cp)
     assert not first.from_checkpoint and cp.exists()
-    again = sync(Libnftables(lab_.node), ruleset(*web(EPS[0], EPS[2])), checkpoint=cp)
-    assert again.from_checkpoint
+    assert cp.stat().st_mode & 0o777 == 0o600
+    saved = json.loads(cp.read_text())  # plain data: nothing in it is code
+    assert saved["version"] == 3 and saved["generation"].startswith("gen:")
+    assert ["10.1.0.1", "80"] in [e[1] for e in saved["elements"]["ip/backends"]]
+    assert list(tmp_path.iterdir()) == [cp]  # no temporary file left
+    reader = _ReadsCounted(lab_.node)
+    again = sync(reader, ruleset(*web(EPS[0], EPS[2])), checkpoint=cp)
+    assert again.from_checkpoint and reader.with_elements == 0
     assert str(again.summary) == "1 added, 3 changed, 1 removed"
     assert in_sync(kernel, ruleset(*web(EPS[0], EPS[2])))
     sync(kernel, ruleset(*web(EPS[1])))  # applied without the checkpoint: new generation

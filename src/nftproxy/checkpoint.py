@@ -1,84 +1,113 @@
-"""What a sync applied, kept on disk so that a restarted proxy need not read it back.
+"""The elements a sync applied, kept on disk so that a later ``apply`` need not
+read them back (at 10,000 Services they are nearly all of a table; reading them is
+0.6 s, while the rest of the table reads in milliseconds).
 
-The tables' structure (chains, rules, set definitions) is pickled; their
-elements, nearly all of the data, are written with ``marshal`` as plain tuples:
-pickle spends 0.25 s at 10,000 Services memoising every string, marshal 0.05 s.
-A file that cannot be read (missing, older format, damaged) is no checkpoint.
+The file is plain JSON, versioned: ``{"version", "generation", "elements"}``, the
+elements by ``family/set`` as ``[key, value, comment]`` lists. No code is
+loaded from it (it may sit on a hostPath). It is written atomically: a temporary
+file unique to the writer, mode 0600, fsynced, then renamed over the old one. A
+file that cannot be read (missing, another version, damaged) is no checkpoint.
 """
 
 from __future__ import annotations
 
-import marshal
 import os
-import pickle
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from nftproxy.nft.model import Element, Family, Table
 
-VERSION = 2
+VERSION = 3
 
-Plain = tuple[tuple[str, ...], tuple[str, ...] | None, str | None]
-Elements = dict[tuple[str, str], list[Plain]]
+Elements = dict[str, list[Element]]
+"""Elements by ``family/set``."""
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a sync applied, and the generation it stamped into the kernel."""
+    """The elements a sync applied, and the generation it stamped into the kernel."""
 
     generation: str
-    tables: dict[Family, Table | None]
+    elements: Elements
 
-
-def _split(tables: dict[Family, Table | None]) -> tuple[dict[Family, Table | None], Elements]:
-    """The tables without elements, and the elements by (family, set) as plain tuples."""
-    bare: dict[Family, Table | None] = {}
-    elements: Elements = {}
-    for family, t in tables.items():
-        if t is None:
-            bare[family] = None
-            continue
-        for s in t.sets:
-            elements[(family.value, s.name)] = [(e.key, e.value, e.comment) for e in s.elements]
-        bare[family] = replace(t, sets=tuple(replace(s, elements=()) for s in t.sets))
-    return bare, elements
-
-
-def _join(bare: dict[Family, Table | None], elements: Elements) -> dict[Family, Table | None]:
-    out: dict[Family, Table | None] = {}
-    for family, t in bare.items():
-        if t is None:
-            out[family] = None
-            continue
-        sets = tuple(
-            replace(s, elements=tuple(Element(*e) for e in elements[(family.value, s.name)]))
+    @classmethod
+    def of(cls, generation: str, tables: dict[Family, Table | None]) -> Checkpoint:
+        """The checkpoint of what tables hold."""
+        elements = {
+            f"{family.value}/{s.name}": list(s.elements)
+            for family, t in tables.items()
+            if t is not None
             for s in t.sets
-        )
-        out[family] = replace(t, sets=sets)
-    return out
+            if not s.dynamic
+        }
+        return cls(generation, elements)
+
+    def fill(self, structure: dict[Family, Table | None]) -> dict[Family, Table | None] | None:
+        """The tables read without their elements, with the elements put back; None
+        when a set the kernel has is not in the checkpoint."""
+        out: dict[Family, Table | None] = {}
+        for family, t in structure.items():
+            if t is None:
+                out[family] = None
+                continue
+            sets = []
+            for s in t.sets:
+                key = f"{family.value}/{s.name}"
+                if s.dynamic:
+                    sets.append(s)
+                elif key not in self.elements:
+                    return None
+                else:
+                    sets.append(replace(s, elements=tuple(self.elements[key])))
+            out[family] = replace(t, sets=tuple(sets))
+        return out
+
+
+def _plain(e: Element) -> list[Any]:
+    return [list(e.key), list(e.value) if e.value is not None else None, e.comment]
+
+
+def _element(raw: list[Any]) -> Element:
+    key, value, comment = raw
+    return Element(tuple(map(str, key)), None if value is None else tuple(map(str, value)), comment)
 
 
 def load(path: Path) -> Checkpoint | None:
     """The checkpoint at path, or None when missing or unreadable."""
     try:
-        with path.open("rb") as f:
-            version, generation, bare = pickle.load(f)
-            if version != VERSION:
-                return None
-            elements = marshal.loads(f.read())  # load(f) reads the file in tiny pieces
-        return Checkpoint(generation, _join(bare, elements))
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError):
-        return None
-    except AttributeError:  # a pickle of classes that have changed since
+        doc = orjson.loads(path.read_bytes())
+        if doc.get("version") != VERSION:
+            return None
+        elements = {k: [_element(e) for e in els] for k, els in doc["elements"].items()}
+        return Checkpoint(str(doc["generation"]), elements)
+    except (OSError, orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
 def save(path: Path, checkpoint: Checkpoint) -> None:
     """Write the checkpoint atomically (a reader sees the old one or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bare, elements = _split(checkpoint.tables)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump((VERSION, checkpoint.generation, bare), f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.write(marshal.dumps(elements))
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    doc = {
+        "version": VERSION,
+        "generation": checkpoint.generation,
+        "elements": {k: [_plain(e) for e in els] for k, els in checkpoint.elements.items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
+            f.write(orjson.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

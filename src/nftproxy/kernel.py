@@ -77,8 +77,9 @@ class Kernel(Protocol):
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction; raise NftError if refused."""
 
-    def read_table(self, family: Family, name: str) -> Table | None:
-        """The table as the kernel holds it, or None when it is absent."""
+    def read_table(self, family: Family, name: str, *, elements: bool = True) -> Table | None:
+        """The table as the kernel holds it (without the named sets' elements unless
+        ``elements``), or None when it is absent."""
 
     def read_set(self, family: Family, table: str, name: str) -> Set | None:
         """One set with its elements, or None when it (or its table) is absent."""
@@ -201,9 +202,9 @@ class Libnftables:
         """The table as nft's JSON, or None when it does not exist."""
         return self._list(f"table {family.value} {name}")
 
-    def read_table(self, family: Family, name: str) -> Table | None:
+    def read_table(self, family: Family, name: str, *, elements: bool = True) -> Table | None:
         """The table as the kernel holds it, read over netlink."""
-        return TableReader(self._sock, family, name).read()
+        return TableReader(self._sock, family, name, elements=elements).read()
 
     def read_set(self, family: Family, table: str, name: str) -> Set | None:
         """One set with its elements, read over netlink."""

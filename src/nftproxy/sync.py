@@ -6,10 +6,11 @@ it is retried (tenacity, with backoff), and every retry replaces our tables
 whole instead of patching them.
 
 Reading every element back costs about 0.6 s at 10,000 Services, so a sync
-can keep a checkpoint of what it applied: a restarted proxy whose
-checkpoint's generation (a random token, written into each table's ``applied`` set in
-the same transaction) is still what the kernel holds plans against the
-checkpoint. Hand edits made since are drift, for ``diff`` to find.
+can keep a checkpoint of the elements it applied: when the checkpoint's
+generation (a random token, written into each table's ``applied`` set in the
+same transaction) is still what the kernel holds, the tables are read without
+their elements and planned against the checkpoint's. Elements edited by hand
+since are drift, for ``diff`` to find.
 """
 
 from __future__ import annotations
@@ -234,8 +235,13 @@ def sync(
     stamp = new_generation()
     saved = checkpoints.load(checkpoint) if checkpoint is not None and not full else None
     trusted = saved is not None and kernel_generation(kernel, desired, table) == saved.generation
+    filled = None
     if saved is not None and trusted:
-        current = saved.tables
+        structure = {f: kernel.read_table(f, table, elements=False) for f in FAMILIES}
+        filled = saved.fill(structure)
+        trusted = filled is not None
+    if filled is not None:
+        current = filled
     else:
         current = read_already if read_already is not None else read_tables(kernel, table)
     txs = plan_all(desired, current, table) if planned is None or trusted else planned
@@ -248,7 +254,7 @@ def sync(
     if not dry_run and (txs or full or not trusted):
         kernel.run(script)
         if checkpoint is not None:
-            checkpoints.save(checkpoint, checkpoints.Checkpoint(stamp, desired))
+            checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, desired))
     seconds = time.perf_counter() - start
     return SyncResult(txs, script, summary, seconds, full, current, from_checkpoint=trusted)
 

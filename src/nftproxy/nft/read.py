@@ -97,12 +97,14 @@ class _SetInfo:
 class TableReader:
     """Reads one table of one family through a netlink socket."""
 
-    def __init__(self, sock: Socket, family: Family, name: str) -> None:
+    def __init__(self, sock: Socket, family: Family, name: str, *, elements: bool = True) -> None:
         self.sock = sock
         self.family = family
         self.name = name
         self.af = FAMILIES[family]
         self.retry_dumps = False
+        self.elements = elements
+        """Read the named sets' elements (else only their definitions)."""
 
     def read(self) -> Table | None:
         """The table, or None when it does not exist; consistent across the dumps.
@@ -220,7 +222,7 @@ class TableReader:
 
     def _with_elements(self, info: _SetInfo) -> Set:
         s = info.set
-        if s.dynamic:
+        if s.dynamic or not self.elements:
             return s
         elements = tuple(_decode(info, self.family, self._elements(info)))
         return Set(s.name, s.key, s.value, s.interval, s.timeout, s.dynamic, elements, s.comment)
