@@ -10,18 +10,26 @@ out of its scans (``gc.freeze``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from nftproxy import log, sysctls
 from nftproxy.api.cache import Cache
 from nftproxy.api.client import RateLimiter, api_client, serves_service_cidrs, watched
 from nftproxy.api.reflector import Reflector
 from nftproxy.cleanup import cleanup
-from nftproxy.config import ConfigError
+from nftproxy.config import (
+    DEFAULT_MASQUERADE_BIT,
+    ConfigError,
+    parse_cidrs,
+    parse_nodeport_addresses,
+)
 from nftproxy.features import missing_features
 from nftproxy.kernel import Kernel, Libnftables
 from nftproxy.kubeproxyconfig import parse_duration
@@ -90,6 +98,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--init-only", action="store_true", help="set the conntrack sysctls and exit"
     )
     parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="parse and validate --config and the flags, print the settings and exit",
+    )
+    parser.add_argument(
         "--cleanup", action="store_true", help="remove nftproxy's and kube-proxy's rules and exit"
     )
 
@@ -131,26 +144,54 @@ class Proxy:
         self.servers.close_all()
 
 
-def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
-    """Everything ``run`` runs, wired, not started."""
-    base = node_config(opts)
-    timing = Timing(
+def timing(opts: Options) -> Timing:
+    """The loop's periods from flags and config."""
+    return Timing(
         min_sync=float(opts.pick("min_sync_period", 1.0)),
         sync_period=float(opts.pick("sync_period", 30.0)),
         drift_period=float(opts.pick("drift_check_period", 60.0)) or float("inf"),
     )
+
+
+def checked_settings(opts: Options) -> dict[str, Any]:
+    """Every setting ``run`` takes from flags and config, validated, without touching
+    the host or the cluster: what ``--check-config`` prints."""
+    out: dict[str, Any] = {"config": str(opts.args.config) if opts.args.config else None}
+    out.update(dataclasses.asdict(timing(opts)))
+    for what, default in (("healthz", HEALTHZ_DEFAULT), ("metrics", METRICS_DEFAULT)):
+        address = opts.pick(f"{what}_bind_address", default)
+        if address:
+            _split_host_port(str(address))
+        out[f"{what}_bind_address"] = address
+    out["cluster_cidr"] = [str(c) for c in parse_cidrs(opts.pick("cluster_cidr"))]
+    out["service_cidr"] = [str(c) for c in parse_cidrs(opts.pick("service_cidr"))]
+    out["nodeport_addresses"] = list(parse_nodeport_addresses(opts.pick("nodeport_addresses")))
+    for name in ("hostname_override", "detect_local_mode", "kubeconfig", "qps", "burst"):
+        out[name] = opts.pick(name)
+    out["masquerade_all"] = bool(opts.pick("masquerade_all"))
+    out["masquerade_bit"] = int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT))
+    out["host_ports"] = opts.pick("host_ports") is not False
+    out["sysctls"] = sysctls.wanted(opts.pick)
+    return out
+
+
+def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
+    """Everything ``run`` runs, wired, not started."""
+    base = node_config(opts)
     metrics = Metrics()
-    health = ProxyHealth(2 * timing.sync_period, metrics)
+    periods = timing(opts)
+    health = ProxyHealth(2 * periods.sync_period, metrics)
     servers = HttpServers()
     stop = threading.Event()
     loop = Loop(
         kernel,
         Cache(base.name),
         base,
-        timing=timing,
+        timing=periods,
         metrics=metrics,
         health=health,
-        services=ServiceHealthServers(servers, health),
+        # In shadow mode (--dry-run beside kube-proxy) its healthCheckNodePorts are kube-proxy's.
+        services=None if args.dry_run else ServiceHealthServers(servers, health),
         detect_local=str(opts.pick("detect_local_mode", "ClusterCIDR")),
         dry_run=args.dry_run,
     )
@@ -215,6 +256,9 @@ def start_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Prox
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
     opts = Options(args)
+    if args.check_config:
+        print(json.dumps(checked_settings(opts), indent=2, default=str))
+        return 0
     if args.cleanup:
         for what in cleanup(Libnftables(args.netns), kube_proxy=True, netns=args.netns):
             print(f"removed {what}")
