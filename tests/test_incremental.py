@@ -15,15 +15,17 @@ from apiobjects import clusters, pods, services, slices_for
 from helpers import NODE, endpoint, service, slice_
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memkernel import MemoryKernel
 
 from nftproxy.api.cache import Cache
 from nftproxy.build import build
-from nftproxy.kernel import Libnftables
+from nftproxy.kernel import Kernel, Libnftables, NftError
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.loop import FULL_CHECK_EVERY, Loop, Timing
 from nftproxy.manifests import Loaded, load_objects
-from nftproxy.nft.model import Ruleset
-from nftproxy.nft.transaction import DeleteSet
+from nftproxy.nft.model import Family, Ruleset
+from nftproxy.nft.transaction import Batch, DeleteSet
+from nftproxy.plan import plan
 from nftproxy.serve.health import ProxyHealth
 from nftproxy.serve.metrics import Metrics
 from nftproxy.state import compute_state
@@ -36,12 +38,22 @@ EXPLORE = bool(os.environ.get("NFTPROXY_HYPOTHESIS_RANDOM"))
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Iterator[Libnftables]:
-    with Lab("incr") as lab:
-        yield Libnftables(lab.node)
+def lab() -> Iterator[Lab]:
+    with Lab("incr") as made:
+        yield made
 
 
-def new_loop(kernel: Libnftables) -> Loop:
+@pytest.fixture(scope="module")
+def kernel(lab: Lab) -> Libnftables:
+    return Libnftables(lab.node)
+
+
+@pytest.fixture(scope="module")
+def both(lab: Lab) -> Both:
+    return Both(lab.node)
+
+
+def new_loop(kernel: Kernel) -> Loop:
     metrics = Metrics()
     cache = Cache(NODE.name)
     loop = Loop(
@@ -78,7 +90,7 @@ def histories(draw: st.DrawFn) -> list[list[Doc]]:
     """A cluster, then 1 to 5 steps that each change, add or delete some objects:
     a Service respecified under its name, its slices redrawn or gone, Services
     added and deleted, hostPort Pods coming and going."""
-    docs = draw(clusters())
+    docs = unique(draw(clusters()))
     out = [docs]
     for _ in range(draw(st.integers(1, 5))):
         docs = list(docs)
@@ -108,10 +120,48 @@ def histories(draw: st.DrawFn) -> list[list[Doc]]:
                 docs += [svc, *draw(slices_for(svc))]
         if draw(st.booleans()):
             docs = [d for d in docs if d["kind"] != "Pod"] + draw(st.lists(pods(), max_size=2))
-        keys = {_key(d) for d in docs}
-        if len(keys) == len(docs):  # generated names may collide: keep histories valid
-            out.append(docs)
+        docs = unique(docs)
+        out.append(docs)
     return out
+
+
+def unique(docs: list[Doc]) -> list[Doc]:
+    """One object per kind, namespace and name (generated names may collide; the
+    API server would hold the last)."""
+    return list({_key(d): d for d in docs}.values())
+
+
+class Both(Libnftables):
+    """The real kernel, with every batch also applied to a memory kernel first: the
+    two must agree on what they accept and on what they then hold."""
+
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns)
+        self.memory = MemoryKernel()
+
+    def apply(self, batch: Batch) -> None:
+        try:
+            self.memory.apply(batch)
+        except NftError:
+            with pytest.raises(NftError):
+                super().apply(batch)
+            raise
+        super().apply(batch)
+
+
+def replay(kernel: Kernel, history: list[list[Doc]]) -> Loop:
+    """The loop syncs each step of history; after each, the kernel holds what a
+    fresh full sync of that step would program, and so does the loop's memory."""
+    loop = new_loop(kernel)
+    loop.need_full = True  # the kernel may hold a previous example's tables
+    for docs in history:
+        deliver(loop.cache, docs)
+        assert loop.sync_once()
+        want = full_ruleset(docs)
+        assert not drift(want, read_tables(kernel)), "kernel differs from a full sync"
+        assert loop.applied is not None
+        assert not drift(want, loop.applied), "what the loop remembers differs"
+    return loop
 
 
 @settings(
@@ -123,17 +173,26 @@ def histories(draw: st.DrawFn) -> list[list[Doc]]:
 )
 @given(history=histories())
 def test_the_kernel_always_holds_what_a_full_sync_would(
-    kernel: Libnftables, history: list[list[Doc]]
+    both: Both, history: list[list[Doc]]
 ) -> None:
-    loop = new_loop(kernel)
-    loop.need_full = True  # the kernel holds the previous example's tables
-    for docs in history:
-        deliver(loop.cache, docs)
-        assert loop.sync_once()
-        want = full_ruleset(docs)
-        assert not drift(want, read_tables(kernel)), "kernel differs from a full sync"
-        assert loop.applied is not None
-        assert not drift(want, loop.applied), "what the loop remembers differs"
+    replay(both, history)
+    for family in (Family.IP, Family.IP6):  # the memory kernel holds what the real one does
+        real = both.read_table(family, "nftproxy")
+        mem = both.memory.read_table(family, "nftproxy")
+        assert not plan(real, mem, family, "nftproxy") and not plan(mem, real, family, "nftproxy")
+
+
+@settings(
+    max_examples=2000 if EXPLORE else 400,
+    deadline=None,
+    database=None,
+    derandomize=not EXPLORE,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(history=histories())
+def test_the_memory_kernel_always_holds_what_a_full_sync_would(history: list[list[Doc]]) -> None:
+    """The same property over many more sequences, against the memory kernel."""
+    replay(MemoryKernel(), history)
 
 
 def test_one_endpoint_change_is_planned_alone(kernel: Libnftables) -> None:

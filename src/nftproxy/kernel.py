@@ -26,6 +26,8 @@ from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.conntrack import StalePlan, delete_stale
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, generation, table_names
+from nftproxy.nft.render import render_batch
+from nftproxy.nft.transaction import Batch
 from nftproxy.nft.wire import Socket
 
 
@@ -73,6 +75,9 @@ def classify(message: str) -> ErrorKind:
 
 class Kernel(Protocol):
     """What nftproxy needs from nftables."""
+
+    def apply(self, batch: Batch) -> None:
+        """Apply a sync's batch as one atomic transaction; raise NftError if refused."""
 
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction; raise NftError if refused."""
@@ -151,6 +156,10 @@ class Libnftables:
         if rc != 0:
             raise NftError(classify(err), err.strip())
         return str(out)
+
+    def apply(self, batch: Batch) -> None:
+        """Apply a sync's batch: rendered to nft's syntax, run as one transaction."""
+        self.run(render_batch(batch))
 
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction.

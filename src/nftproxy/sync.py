@@ -32,10 +32,11 @@ from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import Kernel, NftError
 from nftproxy.nft.model import Element, Family, Ruleset, Table
 from nftproxy.nft.parse import parse_table
-from nftproxy.nft.render import render_change, render_script, render_transaction
+from nftproxy.nft.render import render_batch
 from nftproxy.nft.transaction import (
     AddChain,
     AddElements,
+    Batch,
     Change,
     DeleteChain,
     DeleteElements,
@@ -246,13 +247,14 @@ def sync(
         current = read_already if read_already is not None else read_tables(kernel, table)
     txs = plan_all(desired, current, table) if planned is None or trusted else planned
     summary = sum((summarize(tx) for tx in txs), Summary())
-    stamps = [(f, c) for f, t in desired.items() if t is not None for c in _stamp(t, stamp)]
-    marks = "".join(render_change(c, f, table) + "\n" for f, c in stamps)
+    stamps = tuple(
+        Transaction(f, table, _stamp(t, stamp)) for f, t in desired.items() if t is not None
+    )
     full = full or all(t is None for t in current.values())  # nothing there: load it whole
-    body = render_script(ruleset, table) if full else "".join(map(render_transaction, txs))
-    script = body + marks
+    batch = Batch(table, txs, ruleset if full else None, stamps)
+    script = render_batch(batch)
     if not dry_run and (txs or full or not trusted):
-        kernel.run(script)
+        kernel.apply(batch)
         if checkpoint is not None:
             checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, desired))
     seconds = time.perf_counter() - start

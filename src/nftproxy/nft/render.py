@@ -46,6 +46,7 @@ from nftproxy.nft.transaction import (
     AddRule,
     AddSet,
     AddTable,
+    Batch,
     Change,
     DeleteChain,
     DeleteSet,
@@ -319,3 +320,13 @@ def render_change(change: Change, family: Family, table: str) -> str:  # noqa: P
 def render_transaction(tx: Transaction) -> str:
     """A transaction as the nft script libnftables runs (one command a line)."""
     return "".join(render_change(c, tx.family, tx.table) + "\n" for c in tx.changes)
+
+
+def render_batch(batch: Batch) -> str:
+    """A batch as the one script libnftables runs."""
+    body = (
+        render_script(batch.load, batch.table)
+        if batch.load is not None
+        else "".join(map(render_transaction, batch.transactions))
+    )
+    return body + "".join(map(render_transaction, batch.after))

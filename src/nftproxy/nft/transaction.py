@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nftproxy.nft.model import Chain, Element, Family, Rule, Set
+from nftproxy.nft.model import Chain, Element, Family, Rule, Ruleset, Set
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,15 @@ class Transaction:
 
     def __bool__(self) -> bool:
         return bool(self.changes)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one sync hands the kernel, applied as one atomic transaction: a whole
+    ruleset that replaces our tables (``load``), or ``transactions``; then ``after``
+    (the generation stamps)."""
+
+    table: str
+    transactions: tuple[Transaction, ...] = ()
+    load: Ruleset | None = None
+    after: tuple[Transaction, ...] = ()
