@@ -72,8 +72,6 @@ def args_for(api: FakeAPIServer, lab: Lab) -> list[str]:
         "127.0.0.1:0",
         "--metrics-bind-address",
         "127.0.0.1:0",
-        "--drift-check-period",
-        "0",
     ]
 
 
