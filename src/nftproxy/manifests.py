@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 
 from nftproxy.api.node import NodeInfo, parse_node, service_cidrs
-from nftproxy.objects import object_label, parse_object
+from nftproxy.objects import Sourced, object_label, parse_object
 from nftproxy.problems import InvalidObjectError, Problem
-from nftproxy.state import Sourced
 
 SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = ("Service", "EndpointSlice", "Pod", "Node", "ServiceCIDR")

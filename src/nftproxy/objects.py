@@ -159,6 +159,9 @@ class Pod:
 
 KubeObject = Service | EndpointSlice | Pod
 
+Sourced = tuple[str, KubeObject]
+"""An object with where it came from (a file path, or ``api``)."""
+
 
 def object_label(doc: Mapping[str, Any]) -> str:
     """``Kind namespace/name`` of a raw object, as far as it can be read."""

@@ -25,8 +25,9 @@ from nftproxy.config import (
 )
 from nftproxy.manifests import load_paths
 from nftproxy.nft.model import Ruleset
+from nftproxy.objects import Sourced
 from nftproxy.problems import Problem
-from nftproxy.state import ProxyState, Sourced, compute_state
+from nftproxy.state import ProxyState, compute_state
 
 NODE_CIDR = "NodeCIDR"
 

@@ -24,12 +24,12 @@ from nftproxy.objects import (
     Addr,
     EndpointSlice,
     IPNetwork,
-    KubeObject,
     Pod,
     Protocol,
     Service,
     ServicePortSpec,
     SliceEndpoint,
+    Sourced,
     addr_key,
     addr_version,
     is_loopback,
@@ -135,10 +135,6 @@ class ProxyState:
     problems: tuple[Problem, ...] = ()
     clashes: int = 0
     """How many entries were claimed by two Service ports (one of them lost it)."""
-
-
-Sourced = tuple[str, KubeObject]
-"""An object with where it came from (a file path, or ``api``)."""
 
 
 def _ignore_reason(svc: Service) -> str | None:

@@ -15,9 +15,8 @@ from typing import Any
 
 from nftproxy import log
 from nftproxy.api.node import NodeInfo, parse_node, service_cidrs
-from nftproxy.objects import EndpointSlice, KubeObject, Service, object_label, parse_object
+from nftproxy.objects import EndpointSlice, KubeObject, Service, Sourced, object_label, parse_object
 from nftproxy.problems import InvalidObjectError, Problem
-from nftproxy.state import Sourced
 
 SOURCE = "api"
 ObjectKey = tuple[str, str]
