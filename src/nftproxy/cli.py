@@ -210,6 +210,15 @@ def parser() -> argparse.ArgumentParser:
 
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
+    explain = sub.add_parser(
+        "explain", help="where a new connection goes through nftproxy's rules, and why"
+    )
+    add_node_flags(explain)
+    add_netns_flag(explain)
+    from nftproxy.explaincli import add_explain_flags, cmd_explain  # noqa: PLC0415
+
+    add_explain_flags(explain)
+    explain.set_defaults(func=cmd_explain)
     demo = sub.add_parser(
         "demo",
         help="run nftproxy run in a throw-away lab and change Services through the API "
