@@ -219,6 +219,14 @@ def parser() -> argparse.ArgumentParser:
 
     add_explain_flags(explain)
     explain.set_defaults(func=cmd_explain)
+    trace = sub.add_parser(
+        "trace", help="the path real packets take through nftproxy's chains (nft tracing)"
+    )
+    add_netns_flag(trace)
+    from nftproxy.tracecli import add_trace_flags, cmd_trace  # noqa: PLC0415
+
+    add_trace_flags(trace)
+    trace.set_defaults(func=cmd_trace)
     demo = sub.add_parser(
         "demo",
         help="run nftproxy run in a throw-away lab and change Services through the API "

@@ -43,6 +43,7 @@ from nftproxy.nft.model import (
     SetRef,
     SetUpdate,
     Table,
+    TraceOn,
     Verdict,
     VerdictKind,
     VMap,
@@ -295,6 +296,8 @@ class Explainer:
             )
         elif isinstance(term, Reject):
             yield Fraction(1), _End(REJECT, dataclasses.replace(p, path=(*p.path, step)))
+        elif isinstance(term, TraceOn):
+            yield Fraction(1), p
         else:
             assert isinstance(term, Raw)
             yield Fraction(1), None  # a term nftproxy does not write: taken as not matching

@@ -22,9 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from nftproxy import names
+from nftproxy.explain import Explainer
+from nftproxy.explaincli import describe
+from nftproxy.kernel import Libnftables
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect
+from nftproxy.nft.model import Family
 
 NODE_IP = "192.168.0.2"
 CLIENT = "203.0.113.2"
@@ -158,6 +163,20 @@ def _proxy(api: FakeAPIServer, lab: Lab) -> Iterator[tuple[subprocess.Popen[str]
         proc.wait()
 
 
+def _explained(lab: Lab) -> str:
+    """What ``nftproxy explain --kernel`` says of the client's connection."""
+    table = Libnftables(lab.node).read_table(Family.IP, names.TABLE)
+    if table is None:
+        return "       (no table to explain)"
+    outcomes = Explainer(table, frozenset({NODE_IP})).explain(CLIENT, CLUSTER_IP, 80, "tcp")
+    text = describe(outcomes, CLIENT, CLUSTER_IP, 80, "tcp")
+    lines = [line for line in text.splitlines() if "%" in line]
+    return "\n".join(
+        [f"       nftproxy explain --kernel --from {CLIENT} --to {CLUSTER_IP} --port 80:"]
+        + [f"         {line.strip()}" for line in lines]
+    )
+
+
 def _show(counts: collections.Counter[str]) -> str:
     return ", ".join(f"{who} x{n}" for who, n in sorted(counts.items())) or "nothing"
 
@@ -222,6 +241,8 @@ def run_live_demo(settle: float = 0.6) -> int:
                 print(
                     f"{'ok  ' if good else 'FAIL'} {title}: {took}\n       client saw {_show(seen)}"
                 )
+                if title.startswith("scale"):
+                    print(_explained(lab))
             client.stop.set()
             client.thread.join()
             proc.send_signal(signal.SIGTERM)

@@ -164,6 +164,11 @@ class SetUpdate:
 
 
 @dataclass(frozen=True)
+class TraceOn:
+    """``meta nftrace set 1``: the kernel reports this packet's path (``nftproxy trace``)."""
+
+
+@dataclass(frozen=True)
 class Raw:
     """A term read from the kernel that nftproxy does not write, kept as text (the
     netlink expression's kind and attributes, or nft's JSON).
@@ -186,6 +191,7 @@ Term = (
     | MarkSet
     | Masquerade
     | SetUpdate
+    | TraceOn
     | Raw
 )
 

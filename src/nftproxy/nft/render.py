@@ -37,6 +37,7 @@ from nftproxy.nft.model import (
     SetUpdate,
     Table,
     Term,
+    TraceOn,
     Verdict,
     VMap,
 )
@@ -131,6 +132,8 @@ def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branc
         return "masquerade fully-random"
     if isinstance(term, SetUpdate):
         return f"update @{term.set} {{ {render_key(term.key, family)} }}"
+    if isinstance(term, TraceOn):
+        return "meta nftrace set 1"
     if isinstance(term, Raw):
         return f"<not written by nftproxy: {term.text}>"
     raise TypeError(f"unknown rule term {term!r}")
