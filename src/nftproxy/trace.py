@@ -1,13 +1,14 @@
 """``nftproxy trace``: the path real packets take through nftproxy's chains, as the
 kernel reports it.
 
-A short-lived table of its own (``nftproxy-trace-<pid>``) marks the matching
-packets for nftables tracing (``meta nftrace set 1``) at the first priority of
-prerouting and output; ``nft monitor trace`` reports each marked packet's walk
-through every table. The table is removed when the trace ends, on Ctrl-C and on
-errors; one left by a process that was killed is removed by the next trace.
-Each traced packet is printed with the rules of nftproxy's tables it met, their
-verdicts, the Service whose entry it hit and the endpoint it was sent to.
+A short-lived table of its own (``nftproxy-trace-<pid>``) marks the first packet
+of each matching connection for nftables tracing (``meta nftrace set 1``) in
+prerouting and output, after conntrack and before nftproxy's chains;
+``nft monitor trace`` reports each marked packet's walk through every table.
+The table is removed when the trace ends, on Ctrl-C and on errors; one left by a
+process that was killed is removed by the next trace. Each traced packet is
+printed with the rules of nftproxy's tables it met, their verdicts, the Service
+whose entry it hit and the endpoint it was sent to.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from nftproxy.nft.model import (
 from nftproxy.nft.render import render_script
 
 PREFIX = "nftproxy-trace-"
-PRIORITY = -350  # before conntrack (-200) and every NAT and filter chain
+PRIORITY = -150  # after conntrack (-200), before nftproxy's filters (-110) and DNAT (-100)
 _LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (packet|rule|verdict|policy):? ?(.*)$")
 _VERDICT = re.compile(r"\(verdict ([^)]*)\)\s*$")
 
@@ -94,7 +95,11 @@ class Traced:
 
 def marker(conn: Connection, name: str) -> Table:
     """The table that marks the connection's packets for tracing."""
-    match = [Match((Field.SADDR,), conn.src), Match((Field.DADDR,), conn.dst)]
+    match = [
+        Match((Field.CT_STATE,), "new"),  # a connection's first packet (and its retries)
+        Match((Field.SADDR,), conn.src),
+        Match((Field.DADDR,), conn.dst),
+    ]
     if conn.proto:
         match.append(Match((Field.L4PROTO,), conn.proto))
     if conn.port is not None:
@@ -200,7 +205,7 @@ def _packet(walk: Traced, first: dict[str, tuple[str, int]], rest: str) -> None:
     destination shows where DNAT sent it."""
     addr, port = _destination(rest)
     if not walk.packet:
-        walk.packet = rest.strip()
+        walk.packet = _summary(rest)
         if addr:
             first[walk.id] = (addr, port)
     elif addr and walk.id in first and (addr, port) != first[walk.id]:
@@ -223,6 +228,18 @@ def _rule(
         walk.verdict = "drop"
 
 
+def _summary(packet: str) -> str:
+    """``proto src:port -> dst:port`` of a trace's packet line."""
+    src = re.search(r"\bip6? saddr (\S+)", packet)
+    sport = re.search(r"\b(tcp|udp|sctp) sport (\d+)", packet)
+    addr, port = _destination(packet)
+    if src is None or not addr:
+        return packet.strip()
+    proto = sport.group(1) if sport else ""
+    left = f"{src.group(1)}:{sport.group(2)}" if sport else src.group(1)
+    return f"{proto} {left} -> {addr}:{port}".strip()
+
+
 def _destination(packet: str) -> tuple[str, int]:
     addr = re.search(r"\bip6? daddr (\S+)", packet)
     port = re.search(r"\b(?:tcp|udp|sctp) dport (\d+)", packet)
@@ -233,8 +250,7 @@ def _service(ours: Table | None, packet: str, dst: tuple[str, int]) -> str | Non
     """The Service comment of the entry the packet's destination hits."""
     if ours is None:
         return None
-    proto = re.search(r"\b(tcp|udp|sctp) dport", packet)
-    key = (dst[0], proto.group(1) if proto else "", str(dst[1]))
+    key = (dst[0], packet.split(" ", 1)[0], str(dst[1]))  # packet: the summary
     entries = next((s for s in ours.sets if s.name == names.SERVICE_IPS), None)
     if entries is None:
         return None
