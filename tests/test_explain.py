@@ -138,3 +138,6 @@ def test_the_command_explains_the_kernel_and_manifests(
         )
         assert "REJECT" in capsys.readouterr().out
     assert main(["explain", *NODE_FLAGS, *conn]) == 2  # neither -f nor --kernel
+    bad = ["--from", "10.0.0.500", "--to", "172.30.0.10", "--port", "80"]
+    assert main(["explain", "-f", str(manifest), *NODE_FLAGS, *bad]) == 2
+    assert "10.0.0.500" in capsys.readouterr().err

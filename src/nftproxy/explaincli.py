@@ -54,8 +54,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigError("explain: give -f manifests or --kernel (one of them)")
     try:
         dst = ipaddress.ip_address(args.dst)
-    except ValueError:
-        raise ConfigError(f"--to {args.dst!r}: not an IP address") from None
+        if args.src != "node":
+            ipaddress.ip_address(args.src)
+    except ValueError as err:
+        raise ConfigError(f"explain: {err}") from None
     node = node_config(Options(args))
     family = Family.IP if dst.version == 4 else Family.IP6
     local = frozenset(str(ip) for ip in node.ips)
