@@ -355,8 +355,8 @@ class _TableBuilder:
     def service_port(self, sp: ServicePort) -> None:
         for entry in sp.entries:
             self.entry(sp, entry)
-        for ep in dict.fromkeys((*sp.cluster_endpoints, *sp.local_endpoints)):
-            self.element(names.HAIRPIN, (str(ep.addr), str(ep.addr)))
+        for addr in sp.hairpin:
+            self.element(names.HAIRPIN, (str(addr), str(addr)))
 
     # -- fixed structure ----------------------------------------------------
 

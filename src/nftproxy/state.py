@@ -107,6 +107,9 @@ class ServicePort:
     """Every endpoint that serves, terminating ones included: their UDP flows stay."""
     owner: str = "Service"
     """The kind of object the port comes from: ``Service``, or ``Pod`` for a hostPort."""
+    hairpin: tuple[Addr, ...] = ()
+    """Endpoints that may run on this node (its own, and those without ``nodeName``):
+    only they can reach themselves through the Service here, to be masqueraded."""
 
     @property
     def protocol(self) -> Protocol:
@@ -263,7 +266,15 @@ def _service_ports(
             affinity_timeout=svc.affinity_timeout,
             source_ranges=_source_ranges(svc, node, version),
             serving_endpoints=tuple(e for e, sl in eps.items() if sl.serving),
+            hairpin=_hairpin((*cluster, *local), eps, where.node),
         )
+
+
+def _hairpin(
+    used: tuple[Endpoint, ...], eps: dict[Endpoint, SliceEndpoint], node_name: str
+) -> tuple[Addr, ...]:
+    """The used endpoints that may run here: this node's, or placed nowhere."""
+    return tuple(dict.fromkeys(e.addr for e in used if eps[e].node_name in (None, "", node_name)))
 
 
 def _host_ports(pod: Pod, node: FamilyNode, node_name: str) -> Iterator[ServicePort]:
@@ -291,6 +302,7 @@ def _host_ports(pod: Pod, node: FamilyNode, node_name: str) -> Iterator[ServiceP
             # node's own traffic and hairpin traffic are masqueraded.
             external_local=True,
             owner="Pod",
+            hairpin=(pod_ip,),
         )
 
 
