@@ -187,3 +187,20 @@ def test_family_node_settings() -> None:
     v6 = NODE.family(Family.IP6)
     assert v6.primary == "2001:db8::2"
     assert v6.pod_cidrs == () and v6.nodeport_ips == ("2001:db8::2",)
+
+
+def test_hairpin_candidates_are_the_endpoints_that_may_run_here() -> None:
+    """This node's endpoints and those placed nowhere can reach themselves through the
+    Service here; another node's cannot, and get no hairpin element."""
+    state = state_of(
+        service(),
+        slice_(
+            "svc",
+            endpoint("10.1.0.1", node="node-a"),
+            endpoint("10.1.0.2"),
+            endpoint("10.1.0.3", node="node-b"),
+            endpoint("10.1.0.4", node="node-a", ready=False, serving=False),
+        ),
+    )
+    (sp,) = _ports(state)
+    assert list(sp.hairpin) == ["10.1.0.1", "10.1.0.2"]
