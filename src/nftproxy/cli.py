@@ -206,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_node_flags(run)
     add_netns_flag(run)
-    from nftproxy.runcmd import add_run_flags  # noqa: PLC0415 - the kubernetes client is heavy
+    from nftproxy.runflags import add_run_flags  # noqa: PLC0415
 
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
