@@ -156,6 +156,27 @@ class TestRender:
         _, out, _ = _render(capsys, "-f", str(path), *NODE_FLAGS)
         assert "10.1.0.2 . 8080" in out and "192.168.0.2 . tcp . 30080" in out
 
+    def test_interface_detectors(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """BridgeInterface and InterfaceNamePrefix, by flag or KubeProxyConfiguration:
+        pod traffic is matched by iifname, not by --cluster-cidr; each mode needs its name."""
+        path = _manifest(tmp_path, service(), slice_("svc", endpoint("10.1.0.1")))
+        flags = ["-f", str(path), *NODE_FLAGS]
+        mode = "--detect-local-mode=InterfaceNamePrefix"
+        _, out, _ = _render(capsys, *flags, mode, "--pod-interface-name-prefix=veth")
+        assert 'iifname != "veth*"' in out and "@pod-cidrs" not in out.split("chain")[-1]
+        cfg = tmp_path / "kp.yaml"
+        cfg.write_text(
+            "kind: KubeProxyConfiguration\ndetectLocalMode: BridgeInterface\n"
+            "detectLocal: {bridgeInterface: cbr0}\n"
+        )
+        _, out, _ = _render(capsys, *flags, "--config", str(cfg))
+        assert 'iifname != "cbr0"' in out
+        assert main(["render", *flags, mode]) == 2
+        assert "--pod-interface-name-prefix" in capsys.readouterr().err
+        cfg.write_text("kind: KubeProxyConfiguration\ndetectLocal: {bridge: cbr0}\n")
+        assert main(["render", *flags, "--config", str(cfg)]) == 2
+        assert "detectLocal.bridge" in capsys.readouterr().err
+
     def test_bad_flag_value(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         path = _manifest(tmp_path, service())
         code = main(["render", "-f", str(path), *NODE_FLAGS, "--nodeport-addresses", "10.0.0/33"])

@@ -75,6 +75,10 @@ VALUE_SETS = {
         "serviceCIDR=10.96.0.0/12",
         "loadModules=true",
     ),
+    "interface detector": (
+        "config.detectLocalMode=InterfaceNamePrefix",
+        "config.detectLocal.interfaceNamePrefix=veth",
+    ),
 }
 
 
@@ -152,7 +156,7 @@ def test_monitors_need_metrics_on_a_reachable_address() -> None:
 
 
 def test_schema_refuses_bad_values() -> None:
-    for bad in ("config.detectLocalMode=BridgeInterface", "config.syncPeriod=soon", "bogus=1"):
+    for bad in ("config.detectLocalMode=Bogus", "config.syncPeriod=soon", "bogus=1"):
         assert helm("template", "x", str(CHART), "--set", bad).returncode != 0, bad
 
 

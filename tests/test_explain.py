@@ -34,7 +34,12 @@ def explain_case(scenario: Scenario, case: Case) -> list[Outcome]:
     ruleset = build(compute_state(scenario.objects.objects, scenario.node))
     family = Family.IP if version == 4 else Family.IP6
     table = next(t for t in ruleset.tables if t.family == family)
-    return Explainer(table, frozenset(local)).explain(src, case.dst, case.port, case.proto)
+    iif = (
+        ""
+        if case.src in ("node", "localhost")
+        else scenario.veth_prefix(ipaddress.ip_address(src)) + "0"
+    )
+    return Explainer(table, frozenset(local)).explain(src, case.dst, case.port, case.proto, iif)
 
 
 @pytest.mark.parametrize(("path", "index"), CASES)

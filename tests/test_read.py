@@ -252,3 +252,35 @@ def test_reads_succeed_while_another_owner_commits_all_the_time(lab: Lab) -> Non
                 check=False,
             )
     assert len(done) > 100
+
+
+@pytest.mark.parametrize("interface", ["pod*", "cbr0"])
+def test_interface_detectors_read_back(interface: str) -> None:
+    """With --detect-local-mode InterfaceNamePrefix or BridgeInterface the rules match
+    ``iifname``: read back over netlink and from nft's JSON, they plan to nothing."""
+    import dataclasses  # noqa: PLC0415
+
+    from helpers import NODE, endpoint, service, slice_, state_of  # noqa: PLC0415
+
+    from nftproxy.build import build  # noqa: PLC0415
+    from nftproxy.sync import desired_tables, plan_all, sync, without_chain_comments  # noqa: PLC0415
+
+    node = dataclasses.replace(NODE, pod_interface=interface, cluster_cidrs=())
+    docs = [
+        service(
+            type="NodePort",
+            externalTrafficPolicy="Local",
+            ports=[{"name": "p", "port": 80, "nodePort": 30080}],
+        ),
+        slice_("svc", endpoint("10.1.0.1", node="node-b")),
+    ]
+    ruleset = build(state_of(*docs, node=node))
+    assert f'iifname "{interface}"' in str(ruleset) or any(
+        interface in str(r) for t in ruleset.tables for c in t.chains for r in c.rules
+    )
+    with Lab("iifname") as lab:
+        kernel = Libnftables(lab.node)
+        sync(kernel, ruleset)
+        desired = desired_tables(ruleset)
+        assert not plan_all(desired, read_tables(kernel))
+        assert not plan_all(without_chain_comments(desired), read_tables(kernel, via_nft=True))

@@ -267,13 +267,21 @@ class _TableBuilder:
 
     # -- traffic classes ----------------------------------------------------
 
+    def from_pods(self, op: Op = Op.EQ) -> Match | None:
+        """The match for traffic from pods (``op`` NE: from elsewhere), by the
+        detector configured: an input interface, the pod CIDRs, or none."""
+        if self.node.pod_interface:
+            return Match((Field.IIFNAME,), self.node.pod_interface, op)
+        if self.node.pod_cidrs:
+            return Match((Field.SADDR,), SetRef(names.POD_CIDRS), op)
+        return None
+
     def masquerade_cluster_traffic(self) -> tuple[Term, ...]:
         """Terms marking ClusterIP traffic for masquerade (none without a detector)."""
         if self.node.masquerade_all:
             return (MARK_MASQ,)
-        if self.node.pod_cidrs:
-            return (Match((Field.SADDR,), SetRef(names.POD_CIDRS), Op.NE), MARK_MASQ)
-        return ()
+        elsewhere = self.from_pods(Op.NE)
+        return (elsewhere, MARK_MASQ) if elsewhere is not None else ()
 
     def clusterip_class(self, sel: str) -> str:
         if f"clusterip/{sel}" in self.chains:
@@ -297,9 +305,10 @@ class _TableBuilder:
     def external_local_class(self, sel: str, local_sel: str | None) -> str:
         local_source = Match((Field.FIB_SADDR_TYPE,), "local")
         rules: list[tuple[Term, ...]] = []
-        if self.node.pod_cidrs:
+        pods = self.from_pods()
+        if pods is not None:
             # Pods reaching an external address are subject to neither traffic policy.
-            rules.append((Match((Field.SADDR,), SetRef(names.POD_CIDRS)), _goto(sel)))
+            rules.append((pods, _goto(sel)))
         rules += [(local_source, MARK_MASQ), (local_source, _goto(sel))]
         if local_sel is not None:
             rules.append((_goto(local_sel),))

@@ -74,9 +74,15 @@ def add_node_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--detect-local-mode",
-        choices=("ClusterCIDR", "NodeCIDR"),
-        help="how pod traffic is recognised: --cluster-cidr, or the Node's podCIDRs "
-        "(default ClusterCIDR)",
+        choices=("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix"),
+        help="how pod traffic is recognised: --cluster-cidr, the Node's podCIDRs, "
+        "--pod-bridge-interface or --pod-interface-name-prefix (default ClusterCIDR)",
+    )
+    parser.add_argument(
+        "--pod-bridge-interface", metavar="NAME", help="the bridge pods are attached to"
+    )
+    parser.add_argument(
+        "--pod-interface-name-prefix", metavar="PREFIX", help="pods' host-side interfaces' prefix"
     )
     parser.add_argument(
         "--host-ports",

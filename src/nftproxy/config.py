@@ -47,6 +47,9 @@ class NodeConfig:
     """Program Pods' hostPorts (off when the CNI ``portmap`` plugin does it)."""
     zone: str | None = None
     """The node's ``topology.kubernetes.io/zone`` label, for topology hints."""
+    pod_interface: str | None = None
+    """Pod traffic recognised by its input interface instead of ``cluster_cidrs``:
+    a bridge's name (``cbr0``), or a prefix ending in ``*`` (``veth*``)."""
 
     def family(self, family: Family) -> FamilyNode:
         """The settings that apply to one IP family."""
@@ -61,6 +64,7 @@ class NodeConfig:
             service_cidrs=tuple(c for c in self.service_cidrs if c.version == version),
             masquerade_all=self.masquerade_all,
             masquerade_mark=1 << self.masquerade_bit,
+            pod_interface=self.pod_interface,
         )
 
 
@@ -76,6 +80,7 @@ class FamilyNode:
     service_cidrs: tuple[IPNetwork, ...]
     masquerade_all: bool
     masquerade_mark: int = field(default=1 << DEFAULT_MASQUERADE_BIT)
+    pod_interface: str | None = None
 
 
 def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[Addr, ...]) -> tuple[Addr, ...]:

@@ -66,6 +66,8 @@ class Packet:
     masquerade: bool = False
     sticky: bool = False
     path: tuple[Step, ...] = ()
+    iif: str = ""
+    """The input interface's name ("" for the node's own traffic, or unknown)."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,9 @@ class Explainer:
 
     # -- the path -------------------------------------------------------------
 
-    def explain(self, src: str, dst: str, port: int, proto: str) -> list[Outcome]:
-        """Every outcome of one new connection, most likely first."""
-        start = Packet(src, dst, port, proto)
+    def explain(self, src: str, dst: str, port: int, proto: str, iif: str = "") -> list[Outcome]:
+        """Every outcome of one new connection (arriving on ``iif``), most likely first."""
+        start = Packet(src, dst, port, proto, iif=iif)
         from_node = self.is_local(src)
         hooks = [Hook.OUTPUT, Hook.POSTROUTING] if from_node else [Hook.PREROUTING]
         out: list[Outcome] = []
@@ -353,6 +355,8 @@ class Explainer:
             return "new"
         if f == Field.CT_STATUS:
             return "dnat" if p.dnat else ""
+        if f == Field.IIFNAME:
+            return p.iif
         return "local" if self.is_local(p.src) else "unicast"
 
     def _matches(self, values: tuple[str, ...], want: str | tuple[str, ...] | SetRef) -> bool:
@@ -392,6 +396,8 @@ def _component(value: str, element: str) -> bool:
     """A value against one element component: equal, or inside its CIDR or range."""
     if value == element:
         return True
+    if element.endswith("*"):  # an interface name prefix
+        return value.startswith(element[:-1])
     if "/" in element:
         try:
             return ipaddress.ip_address(value) in ipaddress.ip_network(element, strict=False)

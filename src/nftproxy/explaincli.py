@@ -33,6 +33,13 @@ def add_explain_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="dst", required=True, metavar="ADDR")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp")
+    parser.add_argument(
+        "--iif",
+        default="",
+        metavar="NAME",
+        help="the interface the connection arrives on (matters with the interface "
+        "detectors of --detect-local-mode)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(strict=False)
 
@@ -71,7 +78,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     table = _table(args, family)
     if table is None:
         raise ConfigError(f"no table {family.value} {names.TABLE} to explain")
-    outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto)
+    outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto, args.iif)
     if args.json:
         print(json.dumps(summary(outcomes), indent=2))
     else:

@@ -2,7 +2,7 @@
 
 Every field of the type is known here. A field nftproxy honours becomes a
 setting under the name of its command-line option; a field whose value cannot
-be honoured (``mode: ipvs``, ``detectLocalMode: BridgeInterface``) is an error
+be honoured (``mode: ipvs``, ``detectLocalMode: Bogus``) is an error
 that names it; a field that is safe to ignore (``ipvs``, ``oomScoreAdj``) is a
 warning that names it. An unknown field is an error, as kube-proxy's strict
 decoding makes it.
@@ -18,8 +18,7 @@ from typing import Any
 from nftproxy.config import ConfigError, parse_bool
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
-DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR")
-UNSUPPORTED_DETECT_LOCAL = ("BridgeInterface", "InterfaceNamePrefix")
+DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 
 # Fields that change nothing nftproxy does: ignored with a warning when set.
 IGNORED = {
@@ -150,16 +149,18 @@ def _settings(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _modes(doc: Mapping[str, Any], out: dict[str, Any]) -> None:
     mode = doc.get("detectLocalMode") or ""
-    if mode in UNSUPPORTED_DETECT_LOCAL:
-        raise ConfigError(f"detectLocalMode: {mode} is not supported (use ClusterCIDR or NodeCIDR)")
     if mode and mode not in DETECT_LOCAL_MODES:
         raise ConfigError(f"detectLocalMode: unknown mode {mode!r}")
     if mode:
         out["detect_local_mode"] = mode
     detect = _section(doc, "detectLocal")
-    for key in ("bridgeInterface", "interfaceNamePrefix"):
-        if detect.get(key):
-            raise ConfigError(f"detectLocal.{key}: not supported (only ClusterCIDR and NodeCIDR)")
+    unknown = sorted(set(detect) - {"bridgeInterface", "interfaceNamePrefix"})
+    if unknown:
+        raise ConfigError(f"unknown field 'detectLocal.{unknown[0]}'")
+    if detect.get("bridgeInterface"):
+        out["pod_bridge_interface"] = str(detect["bridgeInterface"])
+    if detect.get("interfaceNamePrefix"):
+        out["pod_interface_name_prefix"] = str(detect["interfaceNamePrefix"])
     for section in (_section(doc, "nftables"), _section(doc, "iptables")):
         if section.get("masqueradeAll") is not None:
             out.setdefault("masquerade_all", parse_bool(section["masqueradeAll"], "masqueradeAll"))

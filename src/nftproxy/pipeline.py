@@ -18,6 +18,7 @@ from nftproxy.api.node import NodeInfo
 from nftproxy.build import build
 from nftproxy.config import (
     DEFAULT_MASQUERADE_BIT,
+    ConfigError,
     NodeConfig,
     parse_cidrs,
     parse_ips,
@@ -68,16 +69,37 @@ def node_config(opts: Options) -> NodeConfig:
         from nftproxy.netinfo import hostname  # noqa: PLC0415 - netlink only when asked
 
         name = hostname()
+    pod_interface = _pod_interface(opts)
     return NodeConfig(
         name=name,
         ips=ips,
-        cluster_cidrs=parse_cidrs(opts.pick("cluster_cidr")),
+        pod_interface=pod_interface,
+        cluster_cidrs=() if pod_interface else parse_cidrs(opts.pick("cluster_cidr")),
         service_cidrs=parse_cidrs(opts.pick("service_cidr")),
         nodeport_addresses=parse_nodeport_addresses(opts.pick("nodeport_addresses")),
         masquerade_all=bool(opts.pick("masquerade_all")),
         masquerade_bit=int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT)),
         host_ports=opts.pick("host_ports") is not False,
     )
+
+
+def _pod_interface(opts: Options) -> str | None:
+    """The interface pods' traffic comes in on, with the interface detectors
+    (``None`` with ClusterCIDR and NodeCIDR)."""
+    mode = opts.pick("detect_local_mode", "ClusterCIDR")
+    if mode == "BridgeInterface":
+        name = opts.pick("pod_bridge_interface")
+        if not name:
+            raise ConfigError("detectLocalMode BridgeInterface needs --pod-bridge-interface")
+        return str(name)
+    if mode == "InterfaceNamePrefix":
+        prefix = opts.pick("pod_interface_name_prefix")
+        if not prefix:
+            raise ConfigError(
+                "detectLocalMode InterfaceNamePrefix needs --pod-interface-name-prefix"
+            )
+        return f"{prefix}*"
+    return None
 
 
 def with_node(

@@ -99,7 +99,15 @@ def checked_settings(opts: Options) -> dict[str, Any]:
     out["cluster_cidr"] = [str(c) for c in parse_cidrs(opts.pick("cluster_cidr"))]
     out["service_cidr"] = [str(c) for c in parse_cidrs(opts.pick("service_cidr"))]
     out["nodeport_addresses"] = list(parse_nodeport_addresses(opts.pick("nodeport_addresses")))
-    for name in ("hostname_override", "detect_local_mode", "kubeconfig", "qps", "burst"):
+    for name in (
+        "hostname_override",
+        "detect_local_mode",
+        "pod_bridge_interface",
+        "pod_interface_name_prefix",
+        "kubeconfig",
+        "qps",
+        "burst",
+    ):
         out[name] = opts.pick(name)
     out["masquerade_all"] = bool(opts.pick("masquerade_all"))
     out["masquerade_bit"] = int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT))

@@ -125,9 +125,10 @@ class Lab:
             ip("-n", self.node, fam, "route", "add", "default", "via", link, "dev", veth)
         in_ns(sink, "nft", "-f", "-", stdin=SINK_RULES)
 
-    def _veth(self, ns: str) -> str:
-        """A veth from the node to ns (eth0 there), with the link addresses on the node side."""
-        name = f"v{next(self._veths)}"
+    def _veth(self, ns: str, prefix: str = "v") -> str:
+        """A veth from the node to ns (eth0 there), with the link addresses on the node
+        side; its node-side name is prefix and a number."""
+        name = f"{prefix}{next(self._veths)}"
         ip(
             "-n",
             self.node,
@@ -152,12 +153,13 @@ class Lab:
         """Give the node one more local address."""
         ip("-n", self.node, "addr", "add", *_addr_args(addr), "dev", "lo")
 
-    def add_host(self, addr: IPAddress) -> str:
-        """A namespace holding addr, routed through the node; returns its name."""
+    def add_host(self, addr: IPAddress, veth_prefix: str = "v") -> str:
+        """A namespace holding addr, routed through the node (over a veth named
+        ``veth_prefix`` and a number on the node's side); returns its name."""
         if addr in self.hosts:
             return self.hosts[addr]
         ns = self._netns(f"{self.prefix}-h{len(self.hosts)}")
-        veth = self._veth(ns)
+        veth = self._veth(ns, veth_prefix)
         ip("-n", ns, "addr", "add", *_addr_args(addr), "dev", "eth0")
         fam = f"-{addr.version}"
         link = str(LINK4 if addr.version == 4 else LINK6)

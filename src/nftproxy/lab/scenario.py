@@ -33,7 +33,7 @@ from nftproxy.lab.probe import (
 )
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.render import format_addr_port, render_script
-from nftproxy.objects import EndpointSlice, IPAddress
+from nftproxy.objects import EndpointSlice, IPAddress, IPNetwork
 from nftproxy.state import compute_state
 
 TRIES = 40
@@ -64,6 +64,16 @@ class Scenario:
     objects: Loaded
     cases: list[Case]
     description: str = ""
+    pod_networks: tuple[IPNetwork, ...] = ()
+    """Where the lab's pods are (``clusterCIDR``), whatever detects them."""
+
+    def veth_prefix(self, addr: IPAddress) -> str:
+        """The node-side name prefix of a host's veth: the pod interface prefix for
+        pods when the interface detector is on, else ``v``."""
+        iface = self.node.pod_interface
+        if iface and iface.endswith("*") and any(addr in n for n in self.pod_networks):
+            return iface[:-1]
+        return "v"
 
 
 @dataclass
@@ -84,10 +94,16 @@ def load_scenario(path: Path) -> Scenario:
     """Read a scenario file."""
     doc: Mapping[str, Any] = yaml.safe_load(path.read_text())
     n = doc["node"]
+    pod_networks = parse_cidrs(n.get("clusterCIDR"))
+    prefix = (
+        n.get("interfaceNamePrefix") if n.get("detectLocalMode") == "InterfaceNamePrefix" else None
+    )
     node = NodeConfig(
         name=n["name"],
         ips=tuple(ipaddress.ip_address(i) for i in n["ips"]),
-        cluster_cidrs=parse_cidrs(n.get("clusterCIDR")),
+        # With an interface detector the CIDRs only place the lab's pods.
+        cluster_cidrs=() if prefix else pod_networks,
+        pod_interface=f"{prefix}*" if prefix else None,
         service_cidrs=parse_cidrs(n.get("serviceCIDR")),
         nodeport_addresses=tuple(n.get("nodePortAddresses") or ()),
         masquerade_all=bool(n.get("masqueradeAll")),
@@ -108,7 +124,7 @@ def load_scenario(path: Path) -> Scenario:
         )
         for c in doc.get("cases") or []
     ]
-    return Scenario(path, node, objects, cases, doc.get("description", ""))
+    return Scenario(path, node, objects, cases, doc.get("description", ""), pod_networks)
 
 
 def render(scenario: Scenario) -> str:
@@ -169,7 +185,7 @@ class Runner:
         for ip in [*self.s.node.ips, *self._node_local_sources()]:
             self.lab.add_node_ip(ip)
         for addr in sorted(self._hosts(), key=str):
-            self.lab.add_host(addr)
+            self.lab.add_host(addr, self.s.veth_prefix(addr))
         self.lab.start_responders(self.ports())
         self.lab.load(render(self.s) if script is None else script)
 

@@ -68,7 +68,8 @@ FIB_DREG, FIB_RESULT, FIB_FLAGS = 1, 2, 3
 BYTEORDER_SREG, BYTEORDER_DREG = 1, 2
 
 NETWORK, TRANSPORT = 1, 2
-META_MARK, META_L4PROTO = 3, 16
+META_MARK, META_IIFNAME, META_L4PROTO = 3, 6, 16
+IFNAMSIZ = 16
 CT_STATE, CT_STATUS = 0, 2
 CMP_EQ, CMP_NEQ = 0, 1
 LOOKUP_INVERT = 1
@@ -226,7 +227,11 @@ def _meta(state: _State, a: Attrs) -> list[Term]:
             if value.mask == ~value.xor & 0xFFFFFFFF:
                 return [MarkSet(value.xor)]
         raise UnknownExpressionError(a)
-    fields = {META_MARK: (Field.MARK, 4), META_L4PROTO: (Field.L4PROTO, 1)}
+    fields = {
+        META_MARK: (Field.MARK, 4),
+        META_L4PROTO: (Field.L4PROTO, 1),
+        META_IIFNAME: (Field.IIFNAME, IFNAMSIZ),
+    }
     name, size = fields[key]
     return state.put(be32(a[META_DREG]), _Load(name, size, size))
 
@@ -295,6 +300,9 @@ def _compare_load(family: Family, value: _Load, data: bytes) -> str:
     expr = value.expr
     if isinstance(expr, Numgen):
         return str(_native(data))
+    if expr == Field.IIFNAME:  # a name without its NUL is a prefix ("veth*")
+        name = data.split(b"\0", 1)[0].decode()
+        return name if b"\0" in data else name + "*"
     if value.size != value.full:
         return values.prefix(family, data, value.size * 8)
     if expr == Field.FIB_SADDR_TYPE:

@@ -31,6 +31,8 @@ class Field(Enum):
     CT_STATE = "ct_state"
     CT_STATUS = "ct_status"
     FIB_SADDR_TYPE = "fib_saddr_type"
+    IIFNAME = "iifname"
+    """The input interface's name; a value ending in ``*`` matches a prefix."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ _TYPES = {
     "integer": DataType.INDEX,
     "verdict": DataType.VERDICT,
 }
-_META = {"l4proto": Field.L4PROTO, "mark": Field.MARK}
+_META = {"l4proto": Field.L4PROTO, "mark": Field.MARK, "iifname": Field.IIFNAME}
 _CT = {"state": Field.CT_STATE, "status": Field.CT_STATUS}
 _VERDICTS = {v.value for v in VerdictKind}
 

@@ -65,6 +65,7 @@ _FIELDS = {
     Field.CT_STATE: "ct state",
     Field.CT_STATUS: "ct status",
     Field.FIB_SADDR_TYPE: "fib saddr type",
+    Field.IIFNAME: "iifname",
 }
 
 _TYPES = {
@@ -109,10 +110,12 @@ def format_addr_port(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911 - one branch per term type
+def render_term(term: Term, family: Family) -> str:  # noqa: PLR0911, PLR0912 - a branch per term type
     """Render one match or statement."""
     if isinstance(term, Match):
         op = "" if term.op == "==" else "!= "
+        if term.key == (Field.IIFNAME,) and isinstance(term.value, str):
+            return f"iifname {op}{quoted(term.value)}"  # an interface name is a string
         return f"{render_key(term.key, family)} {op}{_render_value(term.value)}"
     if isinstance(term, MarkTest):
         return f"meta mark & {term.bits:#x} {'!=' if term.set_ else '=='} 0"
