@@ -162,29 +162,28 @@ class FamilyIndex:
                 if self.answering.get(k, owner) != owner and self.answering[k] not in ports:
                     return None
         fresh = {o: fragment(node, p) for o, p in ports.items() if p}
-        change = Change(
-            self.fixed,
-            self.fixed,
-            dict(ports),
-            fresh,
-            _Counted(self.elements),
-            _Counted(self.chains),
-            _Counted(self.sets),
-        )
+        elements: _Counted[ElementKey, tuple[str, Element]] = _Counted(self.elements)
+        chains: _Counted[str, Chain] = _Counted(self.chains)
+        sets: _Counted[str, Set] = _Counted(self.sets)
         old = [self.fragments[o] for o in ports if o in self.fragments]
         for new, frags in ((False, old), (True, list(fresh.values()))):
             for frag in frags:
                 for s, els in frag.elements.items():
                     for e in els:
-                        change.elements.add((s, e.key), (s, e), new=new)
+                        elements.add((s, e.key), (s, e), new=new)
                 for name, c in frag.chains.items():
-                    change.chains.add(name, c, new=new)
+                    chains.add(name, c, new=new)
                 for name, st in frag.sets.items():
-                    change.sets.add(name, st, new=new)
-        got, chains, sets = change.elements, change.chains, change.sets
-        change.current = self._partial(got.before(), chains.before(), sets.before())
-        change.desired = self._partial(got.after(), chains.after(), sets.after())
-        return change
+                    sets.add(name, st, new=new)
+        return Change(
+            self._partial(elements.before(), chains.before(), sets.before()),
+            self._partial(elements.after(), chains.after(), sets.after()),
+            dict(ports),
+            fresh,
+            elements,
+            chains,
+            sets,
+        )
 
     def _partial(
         self, elements: list[tuple[str, Element]], chains: list[Chain], sets: list[Set]

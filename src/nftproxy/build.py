@@ -12,7 +12,7 @@ chains and sets of their own (one dynamic set per endpoint, as kube-proxy).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from nftproxy import names
@@ -502,11 +502,18 @@ def build_table(fs: FamilyState) -> Table:
     return assemble(fixed_table(fs.node), [fragment(fs.node, fs.service_ports)])
 
 
+def present(has_ports: Mapping[Family, bool]) -> dict[Family, bool]:
+    """Which families get a table, given which have Service ports: those, else IPv4
+    alone (a node without Services still gets its checks)."""
+    held = {f: has_ports.get(f, False) for f in (Family.IP, Family.IP6)}
+    if not any(held.values()):
+        held[Family.IP] = True
+    return held
+
+
 def build(state: ProxyState) -> Ruleset:
-    """The desired ruleset: a table for every family with Service ports (IPv4 at least)."""
-    present = [fs for fs in state.families if fs.service_ports]
-    if not present:
-        present = [fs for fs in state.families if fs.node.family == Family.IP]
-    tables = tuple(build_table(fs) for fs in present)
-    absent = tuple(fs.node.family for fs in state.families if fs not in present)
+    """The desired ruleset: a table for every family :func:`present` names."""
+    held = present({fs.node.family: bool(fs.service_ports) for fs in state.families})
+    tables = tuple(build_table(fs) for fs in state.families if held[fs.node.family])
+    absent = tuple(fs.node.family for fs in state.families if not held[fs.node.family])
     return Ruleset(tables, absent)

@@ -114,6 +114,11 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def netns_command(netns: str | None, *command: str) -> list[str]:
+    """A command line that runs command inside the named network namespace."""
+    return ["ip", "netns", "exec", netns, *command] if netns else list(command)
+
+
 @contextlib.contextmanager
 def in_netns(netns: str | None) -> Iterator[None]:
     """This thread inside the named network namespace (sockets opened here stay in it)."""
@@ -175,9 +180,12 @@ class Libnftables:
             self._cmd(script)
 
     def _run_in_child(self, script: str) -> None:
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         done = subprocess.run(
-            [*prefix, "nft", "-f", "-"], input=script, capture_output=True, text=True, check=False
+            netns_command(self.netns, "nft", "-f", "-"),
+            input=script,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise NftError(classify(done.stderr), done.stderr.strip())

@@ -22,6 +22,7 @@ from typing import TextIO
 from nftproxy import log
 from nftproxy.api.cache import Cache, Changes, ObjectKey, Snapshot
 from nftproxy.applied import Change, FamilyIndex, OwnerKey, by_owner
+from nftproxy.build import present
 from nftproxy.config import NodeConfig
 from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import Kernel, NftError
@@ -100,15 +101,6 @@ class Done:
 def owners(changes: Changes) -> set[OwnerKey]:
     """The Services and Pods a change touches."""
     return {("Service", *k) for k in changes.services} | {("Pod", *k) for k in changes.pods}
-
-
-def present(ports: dict[Family, bool]) -> dict[Family, bool]:
-    """Which families have a table, given which have Service ports: those, else IPv4
-    alone (as :func:`~nftproxy.build.build`)."""
-    held = {f: ports.get(f, False) for f in FAMILIES}
-    if not any(held.values()):
-        held[Family.IP] = True
-    return held
 
 
 def replaces_a_fixed_set(txs: tuple[Transaction, ...], fixed: set[str]) -> bool:
@@ -249,9 +241,12 @@ class Loop:
         state = compute_state(snap.objects, node)
         index = {fs.node.family: FamilyIndex.of(fs) for fs in state.families}
         ruleset = self._ruleset(index)
-        current = self.applied if self.index is not None else read_tables(self.kernel)
         if self.repair and self._read is not None:
-            current = self._read
+            current = self._read  # what the drift check read
+        elif self.index is not None:
+            current = desired_tables(self._ruleset(self.index))  # what was applied
+        else:
+            current = read_tables(self.kernel)
         try:
             result = sync(
                 self.kernel,
@@ -299,7 +294,7 @@ class Loop:
             return None
         ruleset = Ruleset(tuple(t for t in desired.values() if t is not None))
         if not txs:
-            result = SyncResult((), "", Summary(), 0.0, False, current)
+            result = SyncResult((), None, Summary(), 0.0, False, current)
         else:
             try:
                 result = sync(
@@ -427,9 +422,7 @@ class Loop:
         if self._checks % FULL_CHECK_EVERY and seen == self._generation:
             return 0
         current = read_tables(self.kernel)
-        assert self.applied is not None
-        ruleset = Ruleset(tuple(t for t in self.applied.values() if t is not None))
-        diffs = drift(ruleset, current)
+        diffs = drift(self._ruleset(self.index), current)
         if not diffs:
             self._generation = seen  # somebody else's change: ours is intact
             return 0

@@ -56,13 +56,19 @@ class SyncResult:
     """What a sync did."""
 
     transactions: tuple[Transaction, ...]
-    script: str
+    batch: Batch | None
+    """What went (or, with ``--dry-run``, would go) to the kernel; None for nothing."""
     summary: Summary
     seconds: float
     full: bool
     previous: dict[Family, Table | None]
     """What the sync planned against: the rules it replaced."""
     from_checkpoint: bool = False
+
+    @property
+    def script(self) -> str:
+        """The batch as nft's text (rendered only when asked: --dry-run prints it)."""
+        return "" if self.batch is None else render_batch(self.batch)
 
 
 def read_tables(
@@ -252,13 +258,12 @@ def sync(
     )
     full = full or all(t is None for t in current.values())  # nothing there: load it whole
     batch = Batch(table, txs, ruleset if full else None, stamps)
-    script = render_batch(batch)
     if not dry_run and (txs or full or not trusted):
         kernel.apply(batch)
         if checkpoint is not None:
             checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, desired))
     seconds = time.perf_counter() - start
-    return SyncResult(txs, script, summary, seconds, full, current, from_checkpoint=trusted)
+    return SyncResult(txs, batch, summary, seconds, full, current, from_checkpoint=trusted)
 
 
 def sync_with_retries(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from nftproxy import names
-from nftproxy.kernel import Kernel
+from nftproxy.kernel import Kernel, netns_command
 from nftproxy.nft.model import (
     BaseHook,
     Chain,
@@ -141,9 +141,10 @@ def marking(kernel: Kernel, conn: Connection) -> Iterator[str]:
 
 def monitor(netns: str | None) -> subprocess.Popen[bytes]:
     """``nft monitor trace`` in the namespace, its lines on stdout."""
-    prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.Popen(
-        [*prefix, "nft", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        netns_command(netns, "nft", "monitor", "trace"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
 
 
