@@ -173,6 +173,8 @@ class TestRender:
         assert 'iifname != "cbr0"' in out
         assert main(["render", *flags, mode]) == 2
         assert "--pod-interface-name-prefix" in capsys.readouterr().err
+        assert main(["run", "--check-config", mode]) == 2  # run --check-config sees it too
+        assert "--pod-interface-name-prefix" in capsys.readouterr().err
         cfg.write_text("kind: KubeProxyConfiguration\ndetectLocal: {bridge: cbr0}\n")
         assert main(["render", *flags, "--config", str(cfg)]) == 2
         assert "detectLocal.bridge" in capsys.readouterr().err

@@ -185,6 +185,8 @@ def test_run_accepts_the_config_and_the_args(
         assert '"detect_local_mode": "NodeCIDR"' in printed
         assert '"masquerade_all": true' in printed and '"host_ports": false' in printed
         assert '"sync_period": 60.0' in printed and "10.96.0.0/12" in printed
+    if name == "interface detector":
+        assert '"pod_interface": "veth*"' in printed
 
 
 def test_the_rendered_manifest_is_current() -> None:

@@ -69,7 +69,7 @@ def node_config(opts: Options) -> NodeConfig:
         from nftproxy.netinfo import hostname  # noqa: PLC0415 - netlink only when asked
 
         name = hostname()
-    pod_interface = _pod_interface(opts)
+    pod_interface = pod_interface_of(opts)
     return NodeConfig(
         name=name,
         ips=ips,
@@ -83,7 +83,7 @@ def node_config(opts: Options) -> NodeConfig:
     )
 
 
-def _pod_interface(opts: Options) -> str | None:
+def pod_interface_of(opts: Options) -> str | None:
     """The interface pods' traffic comes in on, with the interface detectors
     (``None`` with ClusterCIDR and NodeCIDR)."""
     mode = opts.pick("detect_local_mode", "ClusterCIDR")

@@ -33,7 +33,7 @@ from nftproxy.config import (
 from nftproxy.features import missing_features
 from nftproxy.kernel import Kernel, Libnftables
 from nftproxy.loop import Loop, Timing
-from nftproxy.pipeline import Options, node_config
+from nftproxy.pipeline import Options, node_config, pod_interface_of
 from nftproxy.runflags import HEALTHZ_DEFAULT, METRICS_DEFAULT
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.http import HttpServers
@@ -102,13 +102,12 @@ def checked_settings(opts: Options) -> dict[str, Any]:
     for name in (
         "hostname_override",
         "detect_local_mode",
-        "pod_bridge_interface",
-        "pod_interface_name_prefix",
         "kubeconfig",
         "qps",
         "burst",
     ):
         out[name] = opts.pick(name)
+    out["pod_interface"] = pod_interface_of(opts)  # and the mode that needs it has it
     out["masquerade_all"] = bool(opts.pick("masquerade_all"))
     out["masquerade_bit"] = int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT))
     out["host_ports"] = opts.pick("host_ports") is not False
