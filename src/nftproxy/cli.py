@@ -17,16 +17,25 @@ from nftproxy.nft.wire import NetlinkError
 from nftproxy.pipeline import desired, status
 
 
-def add_manifest_flags(parser: argparse.ArgumentParser) -> None:
-    """Manifests in, and the node flags."""
+def add_filename_flag(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:
+    """``-f PATH``, repeatable: manifest files or folders."""
     parser.add_argument(
         "-f",
         "--filename",
         dest="paths",
         action="append",
         type=Path,
-        required=True,
+        required=required,
         metavar="PATH",
+        help=help,
+    )
+
+
+def add_manifest_flags(parser: argparse.ArgumentParser) -> None:
+    """Manifests in, and the node flags."""
+    add_filename_flag(
+        parser,
+        required=True,
         help="manifest file or folder (YAML or JSON); repeatable; a Node named as "
         "this node among them gives its addresses, zone and podCIDRs, ServiceCIDRs "
         "the Service ranges",

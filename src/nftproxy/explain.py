@@ -123,57 +123,45 @@ class Explainer:
         """Every outcome of one new connection (arriving on ``iif``), most likely first."""
         start = Packet(src, dst, port, proto, iif=iif)
         from_node = self.is_local(src)
-        hooks = [Hook.OUTPUT, Hook.POSTROUTING] if from_node else [Hook.PREROUTING]
-        out: list[Outcome] = []
-        for prob, verdict, pkt in self._hooks(start, hooks, from_node):
-            out.append(Outcome(prob, verdict, pkt))
+        first = (
+            [(Hook.OUTPUT, False), (Hook.POSTROUTING, False)]
+            if from_node
+            else [(Hook.PREROUTING, False)]
+        )
+        ended, routed = self._through([(Fraction(1), start)], first)
+        for prob, p in routed:  # after prerouting (or output) the route decides
+            more, done = self._through([(prob, p)], self._route(p, from_node))
+            ended += more
+            ended += [(q, self._final(pk), pk) for q, pk in done]
+        out = [Outcome(prob, verdict, pkt) for prob, verdict, pkt in ended]
         return sorted(out, key=lambda o: (-o.probability, o.verdict, o.packet.dst, o.packet.port))
 
-    def _hooks(
-        self, pkt: Packet, hooks: list[Hook], from_node: bool
-    ) -> Iterator[tuple[Fraction, str, Packet]]:
-        """Run the hooks in order; after prerouting (or output) the route decides."""
-        branches: list[tuple[Fraction, Packet]] = [(Fraction(1), pkt)]
-        for hook in hooks:
+    def _route(self, p: Packet, from_node: bool) -> list[tuple[Hook, bool]]:
+        """The hooks after routing, each with whether only its filter chains run."""
+        local = self.is_local(p.dst)
+        if from_node:
+            # Delivered over loopback: prerouting's filters (NAT is done) and input.
+            return [(Hook.PREROUTING, True), (Hook.INPUT, False)] if local else []
+        return (
+            [(Hook.INPUT, False)] if local else [(Hook.FORWARD, False), (Hook.POSTROUTING, False)]
+        )
+
+    def _through(
+        self, branches: list[tuple[Fraction, Packet]], hooks: list[tuple[Hook, bool]]
+    ) -> tuple[list[tuple[Fraction, str, Packet]], list[tuple[Fraction, Packet]]]:
+        """Run branches through hooks in order: the ones a verdict ended, and the
+        ones that came through."""
+        ended: list[tuple[Fraction, str, Packet]] = []
+        for hook, filters_only in hooks:
             nxt: list[tuple[Fraction, Packet]] = []
             for prob, p in branches:
-                for q, end in self._hook(p, hook):
+                for q, end in self._hook(p, hook, filters_only=filters_only):
                     if end.verdict != ACCEPT:
-                        yield prob * q, end.verdict or ACCEPT, end.packet
+                        ended.append((prob * q, end.verdict or ACCEPT, end.packet))
                     else:
                         nxt.append((prob * q, end.packet))
             branches = nxt
-        for prob, p in branches:
-            yield from self._after_route(prob, p, from_node)
-
-    def _after_route(
-        self, prob: Fraction, p: Packet, from_node: bool
-    ) -> Iterator[tuple[Fraction, str, Packet]]:
-        local = self.is_local(p.dst)
-        if from_node:
-            if not local:
-                yield prob, self._final(p), p
-                return
-            # Delivered over loopback: prerouting's filters (NAT is done) and input.
-            rest = [(Hook.PREROUTING, True), (Hook.INPUT, False)]
-        else:
-            rest = (
-                [(Hook.INPUT, False)]
-                if local
-                else [(Hook.FORWARD, False), (Hook.POSTROUTING, False)]
-            )
-        branches = [(prob, p)]
-        for hook, filters_only in rest:
-            nxt = []
-            for q0, pk in branches:
-                for q, end in self._hook(pk, hook, filters_only=filters_only):
-                    if end.verdict != ACCEPT:
-                        yield q0 * q, end.verdict or ACCEPT, end.packet
-                    else:
-                        nxt.append((q0 * q, end.packet))
-            branches = nxt
-        for q, pk in branches:
-            yield q, self._final(pk), pk
+        return ended, branches
 
     @staticmethod
     def _final(p: Packet) -> str:

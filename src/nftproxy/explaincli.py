@@ -6,9 +6,9 @@ import argparse
 import ipaddress
 import json
 import sys
-from pathlib import Path
 
 from nftproxy import names
+from nftproxy.cli import add_filename_flag
 from nftproxy.config import ConfigError
 from nftproxy.explain import DNAT, Explainer, Outcome, summary
 from nftproxy.nft.model import Family, Table
@@ -17,14 +17,8 @@ from nftproxy.pipeline import Options, desired, node_config
 
 def add_explain_flags(parser: argparse.ArgumentParser) -> None:
     """Where the rules come from, and the connection."""
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="paths",
-        action="append",
-        type=Path,
-        metavar="PATH",
-        help="manifests, as for render (the ruleset render would print)",
+    add_filename_flag(
+        parser, required=False, help="manifests, as for render (the ruleset render would print)"
     )
     parser.add_argument(
         "--kernel", action="store_true", help="the tables in the kernel, read back over netlink"
