@@ -4,8 +4,10 @@
 
 For each size: the time ``nftproxy render`` takes end to end (a subprocess reading
 one JSON List, as ``kubectl get -o json`` writes), its peak RSS, the ruleset's
-lines, and the time ``nft -f`` takes to load it into an empty scratch namespace
-and again over itself. Medians of --runs. Needs root.
+lines, the time ``nft -f`` takes to load it into an empty scratch namespace and
+again over itself, and nft's peak RSS. The reference is one plain map holding as
+many endpoints (``addr . port : addr . port``), loaded by nft in the same run; the
+ratio is (render + load) / reference. Medians of --runs. Needs root.
 """
 
 from __future__ import annotations
@@ -25,10 +27,22 @@ from cluster import NODE_FLAGS, cluster
 from nftproxy.lab.netns import Lab
 
 
-def _timed(cmd: list[str], stdout: int | None = None) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds a command took, and its peak RSS in MB."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=stdout)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def reference_script(endpoints: int) -> str:
+    """One plain map of as many endpoints as the cluster has."""
+    addrs = (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(endpoints))
+    elements = ",\n".join(f"{a} . 80 : {a} . 8080" for a in addrs)
+    decl = "type ipv4_addr . inet_service : ipv4_addr . inet_service"
+    return f"table ip reference {{\n map m {{\n  {decl}\n  elements = {{ {elements} }}\n }}\n}}\n"
 
 
 def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str, float]:
@@ -49,11 +63,17 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
                 raise RuntimeError(f"render exited {proc.returncode}")
             rss.append(usage.ru_maxrss / 1024)
     rss_mb = max(rss)
-    loads, reloads = [], []
+    reference = workdir / f"reference-{services}.nft"
+    reference.write_text(reference_script(services * endpoints))
+    loads, reloads, refs, nft_rss = [], [], [], []
     for _ in range(runs):
         with Lab("bench") as lab:
-            loads.append(_timed(["ip", "netns", "exec", lab.node, "nft", "-f", str(script)]))
-            reloads.append(_timed(["ip", "netns", "exec", lab.node, "nft", "-f", str(script)]))
+            nft = ["ip", "netns", "exec", lab.node, "nft", "-f"]
+            seconds, peak = _timed([*nft, str(script)])
+            loads.append(seconds)
+            nft_rss.append(peak)
+            reloads.append(_timed([*nft, str(script)])[0])
+            refs.append(_timed([*nft, str(reference)])[0])
     return {
         "services": services,
         "endpoints": services * endpoints,
@@ -62,6 +82,8 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
         "reload_s": statistics.median(reloads),
         "lines": script.read_text().count("\n"),
         "peak_rss_mb": rss_mb,
+        "nft_rss_mb": max(nft_rss),
+        "reference_s": statistics.median(refs),
     }
 
 
@@ -75,14 +97,16 @@ def main() -> int:
     args = parser.parse_args()
     print(
         f"{'services':>8} {'endpoints':>9} {'render s':>9} {'load s':>7} {'reload s':>8} "
-        f"{'lines':>8} {'peak RSS MB':>11}"
+        f"{'lines':>8} {'peak RSS MB':>11} {'nft RSS MB':>10} {'ref s':>6} {'ratio':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.services.split(",")):
             r = measure(n, args.endpoints, args.runs, Path(tmp))
             print(
                 f"{r['services']:>8} {r['endpoints']:>9} {r['render_s']:>9.2f} {r['load_s']:>7.2f} "
-                f"{r['reload_s']:>8.2f} {r['lines']:>8} {r['peak_rss_mb']:>11.0f}",
+                f"{r['reload_s']:>8.2f} {r['lines']:>8} {r['peak_rss_mb']:>11.0f} "
+                f"{r['nft_rss_mb']:>10.0f} {r['reference_s']:>6.2f} "
+                f"{(r['render_s'] + r['load_s']) / r['reference_s']:>5.1f}",
                 flush=True,
             )
     return 0

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import HERE
 
+from nftproxy import names
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect
 from nftproxy.lab.scenario import Runner, load_scenario
@@ -46,16 +47,16 @@ def _endpoint(lab: Lab, src: str, dst: str, port: int) -> str:
     return outcome.local
 
 
-def _affinity_sets(lab: Lab) -> dict[str, list[str]]:
-    """Affinity set name -> client addresses it holds."""
+def _affinity_sets(lab: Lab) -> dict[str, dict[str, str]]:
+    """Affinity set name -> {client address: its endpoint's address}."""
     out = json.loads(in_ns(lab.node, "nft", "-j", "list", "table", "ip", "nftproxy"))
+    by_id = {names.endpoint_id(ep, 80): ep for ep in ENDPOINTS}
     sets = {}
     for obj in out["nftables"]:
         s = obj.get("set")
         if s and s["name"].startswith("affinity-"):
-            sets[s["name"]] = [
-                e["elem"]["val"] if isinstance(e, dict) else e for e in s.get("elem", [])
-            ]
+            held = [e["elem"]["val"]["concat"] for e in s.get("elem", [])]
+            sets[s["name"]] = {client: by_id[ep_id] for client, ep_id in held}
     return sets
 
 
@@ -84,12 +85,12 @@ class TestClientIPAffinity:
             assert _endpoint(lab[0], "10.0.0.2", "192.168.0.2", 30011) == first
 
     def test_affinity_is_recorded_per_client(self, lab: tuple[Lab, Runner]) -> None:
-        """Each client is in exactly the affinity set of the endpoint it got."""
+        """Each client is recorded once, with the endpoint it got, in its Service
+        port's set."""
         got = {c: _endpoint(lab[0], c, "172.30.0.11", 80) for c in ("10.0.0.2", "10.0.0.3")}
         sets = _affinity_sets(lab[0])
-        for client, ep in got.items():
-            holding = [name for name, members in sets.items() if client in members]
-            assert len(holding) == 1 and holding[0].endswith(f"__{ep}/80"), (client, ep, sets)
+        assert [n.split("-", 2)[-1] for n in sets] == ["ns/sticky/tcp/p"], sets
+        assert next(iter(sets.values())) == got
 
     def test_affinity_expires_after_timeout(self, lab: tuple[Lab, Runner]) -> None:
         """timeoutSeconds after its last connection a client is forgotten."""

@@ -6,7 +6,7 @@ A new connection costs the same at any cluster size: one lookup of
 ``daddr . l4proto . dport`` in ``service-ips`` picks a small shared chain that
 decides masquerading, then one lookup of ``daddr . l4proto . dport . random``
 in ``backends`` picks the endpoint. Only Services with session affinity get
-chains and sets of their own (one dynamic set per endpoint, as kube-proxy).
+a chain and a dynamic set of their own.
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ TUPLE: Key = (Field.DADDR, Field.L4PROTO, Field.DPORT)
 
 TUPLE_TYPE = (DataType.ADDR, DataType.PROTO, DataType.SERVICE)
 ENDPOINT_TYPE = (DataType.ADDR, DataType.SERVICE)
+AFFINITY_TYPE = (DataType.ADDR, DataType.INDEX)
+"""An affinity set's key: the client, then the id of its endpoint (``names.endpoint_id``)."""
+AFFINITY_SIZE = 1 << 20
+"""Clients an affinity set may hold. kube-proxy's sets hold 65,535 each, one per
+endpoint; one set per Service port needs room for the clients of all of them."""
 ALL_PROTOCOLS = ("tcp", "udp", "sctp")
 FILTER_PRIORITY = -110  # before DNAT (-100): filters see the Service address
 POST_DNAT_PRIORITY = -90
@@ -236,11 +241,17 @@ class _TableBuilder:
         )
 
     def sticky(self, sp: ServicePort, group: tuple[Endpoint, ...], *, local: bool) -> str:
-        """A chain of sessionAffinity ClientIP: a client keeps its endpoint until timeout."""
-        rules: list[tuple[Term, ...]] = []
-        targets = [self._to_endpoint(sp, ep) for ep in group]
-        for aff, to in targets:
-            rules.append((Match((Field.SADDR,), SetRef(aff)), *to))
+        """A chain of sessionAffinity ClientIP: a client keeps its endpoint until timeout.
+
+        One dynamic set per Service port records ``client . endpoint id``: a client
+        that holds an element for an endpoint goes back to it, and every new
+        connection refreshes the element's timeout. A set per endpoint, as
+        kube-proxy keeps, costs the kernel time quadratic in the number of sets."""
+        aff = self.affinity_set(sp)
+        targets = [self._to_endpoint(sp, ep, aff) for ep in group]
+        rules: list[tuple[Term, ...]] = [
+            (Match(held.key, SetRef(aff)), *to) for held, to in targets
+        ]
         for i, (_, to) in enumerate(targets):
             # Rule i takes 1/(n-i) of what reaches it: each endpoint gets 1/n overall.
             first = (Match((Numgen(len(group) - i),), "0"),) if i < len(group) - 1 else ()
@@ -252,14 +263,29 @@ class _TableBuilder:
             comment=f"{sp.name}: ClientIP affinity {sp.affinity_timeout}s",
         )
 
-    def _to_endpoint(self, sp: ServicePort, ep: Endpoint) -> tuple[str, tuple[Term, ...]]:
-        label = names.endpoint_label(str(ep.addr), ep.port)
-        aff = fit(f"affinity-{names.hashed(f'{sp.name}__{label}')}")
+    def affinity_set(self, sp: ServicePort) -> str:
+        """The Service port's affinity set (shared by its cluster and local chains)."""
+        name = fit(f"affinity-{names.hashed(str(sp.name))}")
         self.affinity_sets.setdefault(
-            aff, Set(aff, (DataType.ADDR,), dynamic=True, timeout=sp.affinity_timeout)
+            name,
+            Set(
+                name,
+                AFFINITY_TYPE,
+                dynamic=True,
+                timeout=sp.affinity_timeout,
+                size=AFFINITY_SIZE,
+                comment="ClientIP affinity: client . endpoint id",
+            ),
         )
-        update = SetUpdate(aff, (Field.SADDR,))
-        return aff, (
+        return name
+
+    def _to_endpoint(
+        self, sp: ServicePort, ep: Endpoint, aff: str
+    ) -> tuple[SetUpdate, tuple[Term, ...]]:
+        """The update that records a client at ep, and the terms that send it there."""
+        held = (Field.SADDR, Numgen(1, names.endpoint_id(str(ep.addr), ep.port)))
+        update = SetUpdate(aff, held)
+        return update, (
             update,
             Match((Field.L4PROTO,), sp.protocol.value),
             Dnat(str(ep.addr), ep.port),

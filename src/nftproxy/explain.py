@@ -325,7 +325,7 @@ class Explainer:
 
     def _expr(self, p: Packet, expr: Expr) -> list[str]:
         if isinstance(expr, Numgen):
-            return [str(i) for i in range(expr.modulus)]
+            return [str(expr.offset + i) for i in range(expr.modulus)]
         return [self._field(p, expr)]
 
     def _field(self, p: Packet, f: Field) -> str:  # noqa: PLR0911

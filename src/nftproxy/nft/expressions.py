@@ -250,9 +250,10 @@ def _fib(state: _State, a: Attrs) -> list[Term]:
 
 
 def _numgen(state: _State, a: Attrs) -> list[Term]:
-    if be32(a[NUMGEN_TYPE]) != NUMGEN_RANDOM or be32(a.get(NUMGEN_OFFSET, b"\0" * 4)):
+    if be32(a[NUMGEN_TYPE]) != NUMGEN_RANDOM:
         raise UnknownExpressionError(a)
-    return state.put(be32(a[NUMGEN_DREG]), _Load(Numgen(be32(a[NUMGEN_MODULUS])), 4, 4))
+    numgen = Numgen(be32(a[NUMGEN_MODULUS]), be32(a.get(NUMGEN_OFFSET, b"\0" * 4)))
+    return state.put(be32(a[NUMGEN_DREG]), _Load(numgen, 4, 4))
 
 
 def _bitwise(state: _State, a: Attrs) -> list[Term]:

@@ -37,9 +37,15 @@ class Field(Enum):
 
 @dataclass(frozen=True)
 class Numgen:
-    """``numgen random mod N``: a fresh random number in [0, N)."""
+    """``numgen random mod N [offset K]``: a fresh random number in [K, K + N).
+
+    With N = 1 it is the constant K: nft 1.0.6 cannot type a literal inside a
+    concatenated lookup key, so ``ip saddr . numgen random mod 1 offset K`` is how
+    a rule looks up a client together with a number of its own (ClientIP affinity).
+    """
 
     modulus: int
+    offset: int = 0
 
 
 Expr = Field | Numgen
@@ -271,6 +277,8 @@ class Set:
     dynamic: bool = False
     elements: tuple[Element, ...] = ()
     comment: str | None = None
+    size: int | None = None
+    """The most elements a dynamic set may hold (nft's default: 65,535)."""
 
     @property
     def is_map(self) -> bool:

@@ -80,8 +80,8 @@ def _expr(node: Any) -> Expr:
         return _CT[body["key"]]
     if kind == "fib" and body == {"result": "type", "flags": ["saddr"]}:
         return Field.FIB_SADDR_TYPE
-    if kind == "numgen" and body.get("mode") == "random" and not body.get("offset"):
-        return Numgen(int(body["mod"]))
+    if kind == "numgen" and body.get("mode") == "random":
+        return Numgen(int(body["mod"]), int(body.get("offset", 0)))
     raise UnknownExpressionError(node)
 
 
@@ -203,15 +203,17 @@ def parse_set(body: dict[str, Any]) -> Set:
     """A set or map with its elements."""
     flags = body.get("flags") or []
     flags = [flags] if isinstance(flags, str) else flags
+    dynamic = "dynamic" in flags or "timeout" in flags
     return Set(
         name=body["name"],
         key=_types(body["type"]),
         value=_types(body["map"]) if "map" in body else (),
         interval="interval" in flags,
         timeout=body.get("timeout"),
-        dynamic="dynamic" in flags or "timeout" in flags,
+        dynamic=dynamic,
         elements=tuple(_element(e) for e in body.get("elem") or ()),
         comment=body.get("comment"),
+        size=body.get("size") if dynamic else None,
     )
 
 

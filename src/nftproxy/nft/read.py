@@ -55,7 +55,8 @@ TABLE_DORMANT = 0x1
 CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE, CHAIN_USERDATA = 1, 3, 4, 5, 7, 12
 HOOK_NUM, HOOK_PRIORITY = 1, 2
 SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
-SET_DATA_TYPE, SET_DATA_LEN, SET_TIMEOUT, SET_USERDATA = 6, 7, 11, 13
+SET_DATA_TYPE, SET_DATA_LEN, SET_DESC, SET_TIMEOUT, SET_USERDATA = 6, 7, 9, 11, 13
+SET_DESC_SIZE = 1
 ELEM_LIST_TABLE, ELEM_LIST_SET, ELEM_LIST_ELEMENTS = 1, 2, 3
 ELEM_KEY, ELEM_DATA, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END = 1, 2, 3, 6, 10
 RULE_TABLE, RULE_CHAIN, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 4, 7
@@ -207,14 +208,18 @@ class TableReader:
                 (DataType.VERDICT,) if data_type == DATA_VERDICT else values.datatypes(data_type)
             )
         timeout = int.from_bytes(a[SET_TIMEOUT], "big") // 1000 if SET_TIMEOUT in a else None
+        dynamic = bool(flags & (SET_EVAL | SET_TIMEOUT_FLAG))
         definition = Set(
             name=text(a[SET_NAME]),
             key=values.datatypes(be32(a[SET_KEY_TYPE])),
             value=value,
             interval=bool(flags & SET_INTERVAL),
             timeout=timeout,
-            dynamic=bool(flags & (SET_EVAL | SET_TIMEOUT_FLAG)),
+            dynamic=dynamic,
             comment=comment(a.get(SET_USERDATA), UDATA_SET_COMMENT),
+            # nft sizes a set it fills at creation by its elements; only a dynamic
+            # set's size is a limit nftproxy declares.
+            size=_desc_size(a) if dynamic else None,
         )
         return _SetInfo(
             definition, flags, be32(a[SET_KEY_LEN]), be32(a.get(SET_DATA_LEN, b"\0" * 4))
@@ -225,7 +230,7 @@ class TableReader:
         if s.dynamic or not self.elements:
             return s
         elements = tuple(_decode(info, self.family, self._elements(info)))
-        return Set(s.name, s.key, s.value, s.interval, s.timeout, s.dynamic, elements, s.comment)
+        return replace(s, elements=elements)
 
     def _elements(self, info: _SetInfo) -> list[Attrs]:
         """The attributes of each of a set's elements, as dumped."""
@@ -412,3 +417,11 @@ def generation(sock: Socket) -> int:
     and any program, moves it."""
     (body,) = sock.dump(Message.GETGEN, 0, {}, dump=False)
     return be32(attributes(body)[GEN_ID])
+
+
+def _desc_size(a: Attrs) -> int | None:
+    """The size a set was declared with, if any."""
+    if SET_DESC not in a:
+        return None
+    size = attributes(a[SET_DESC]).get(SET_DESC_SIZE)
+    return be32(size) if size is not None else None

@@ -86,7 +86,8 @@ _TYPEOF: dict[DataType, Expr] = {
 def render_expr(expr: Expr, family: Family) -> str:
     """Render one key component."""
     if isinstance(expr, Numgen):
-        return f"numgen random mod {expr.modulus}"
+        offset = f" offset {expr.offset}" if expr.offset else ""
+        return f"numgen random mod {expr.modulus}{offset}"
     if expr in (Field.SADDR, Field.DADDR):
         return f"{family.value} {expr.value}"
     return _FIELDS[expr]
@@ -197,6 +198,8 @@ def _render_set(s: Set, family: Family) -> Iterator[str]:
     flags = [f for f, on in (("dynamic", s.dynamic), ("interval", s.interval)) if on]
     if s.timeout is not None:
         flags.append("timeout")
+    if s.size is not None:
+        yield f"\t\tsize {s.size}"
     if flags:
         yield f"\t\tflags {','.join(flags)}"
     if s.timeout is not None:
