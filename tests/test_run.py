@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from helpers import endpoint, service, slice_
 
+from nftproxy import names
 from nftproxy.cli import parser
 from nftproxy.kernel import Libnftables
 from nftproxy.lab.apiserver import FakeAPIServer
@@ -302,3 +303,53 @@ def test_live_demo_behaves(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_live_demo(settle=0.4) == 0
     out = capsys.readouterr().out
     assert "ok   scale shop/web to 3 endpoints" in out and "exited 0" in out
+
+
+def _affinity_ids(r: Running) -> dict[str, str]:
+    """The sticky Service's recorded clients: client address -> endpoint id."""
+    listed = json.loads(in_ns(r.lab.node, "nft", "-j", "list", "table", "ip", "nftproxy"))
+    sets = [
+        o["set"]
+        for o in listed["nftables"]
+        if o.get("set", {}).get("name", "").startswith("affinity-")
+    ]
+    (s,) = sets
+    return {
+        e["elem"]["val"]["concat"][0]: str(e["elem"]["val"]["concat"][1]) for e in s.get("elem", [])
+    }
+
+
+def test_a_removed_sticky_endpoint_takes_its_clients_with_it(running: Running) -> None:
+    """ClientIP affinity: the client keeps its endpoint; when that endpoint goes, the
+    client's record of it is deleted, so it stays with its new endpoint when the old
+    one comes back (as kube-proxy, which deletes the endpoint's set)."""
+    r = running
+    r.api.apply(
+        service(
+            type="NodePort",
+            sessionAffinity="ClientIP",
+            ports=[{"name": "p", "port": 80, "nodePort": 30080}],
+        )
+    )
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: _affinity_ids_or_none(r) is not None)
+    (first,) = r.reach("172.30.0.10", 80, tries=10)
+    assert _affinity_ids(r) == {CLIENT: str(names.endpoint_id(first, 8080))}
+    rest = [ep for ep in ENDPOINTS if ep != first]
+    r.api.apply(_slice(*rest))
+    wait_for(lambda: _affinity_ids(r) == {})
+    (second,) = r.reach("172.30.0.10", 80, tries=10)
+    assert second in rest
+    synced = r.proxy.loop.syncs
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: r.proxy.loop.syncs > synced)
+    assert r.reach("172.30.0.10", 80, tries=20) == {second}
+    assert _affinity_ids(r) == {CLIENT: str(names.endpoint_id(second, 8080))}
+    assert r.proxy.loop.failures == 0
+
+
+def _affinity_ids_or_none(r: Running) -> dict[str, str] | None:
+    try:
+        return _affinity_ids(r)
+    except (ValueError, RuntimeError):  # no table yet, or no affinity set in it
+        return None

@@ -87,7 +87,8 @@ class Kernel(Protocol):
         ``elements``), or None when it is absent."""
 
     def read_set(self, family: Family, table: str, name: str) -> Set | None:
-        """One set with its elements, or None when it (or its table) is absent."""
+        """One set with its elements (a dynamic set's too), or None when it (or its
+        table) is absent."""
 
     def tables(self, family: Family) -> set[str]:
         """The names of the tables in a family."""

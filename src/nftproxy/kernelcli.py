@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from nftproxy import log, report
+from nftproxy import affinity, log, report
 from nftproxy.cleanup import cleanup
 from nftproxy.conntrack import StalePlan
 from nftproxy.features import missing_features
-from nftproxy.kernel import Libnftables
+from nftproxy.kernel import Libnftables, NftError
+from nftproxy.nft.model import Ruleset
 from nftproxy.pipeline import desired, status
 from nftproxy.state import serving_flows
-from nftproxy.sync import drift, read_ahead, stale_plan, sync, sync_with_retries
+from nftproxy.sync import SyncResult, drift, read_ahead, stale_plan, sync, sync_with_retries
 
 
 def _kernel(args: argparse.Namespace) -> Libnftables:
@@ -54,9 +55,10 @@ def apply(args: argparse.Namespace) -> int:
         return 2
     result = sync_with_retries(kernel, ruleset, checkpoint=checkpoint, read_already=current)
     flows = _delete_stale_flows(kernel, stale_plan(result, ruleset, serving_flows(state)))
+    forgotten = _forget_affinity(kernel, result, ruleset)
     kind = "full" if result.full else "incremental"
     kind += ", from checkpoint" if result.from_checkpoint else ", read back from the kernel"
-    print(f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); {flows}")
+    print(f"apply: {result.summary} in {result.seconds:.3f} s ({kind}); {flows}{forgotten}")
     return status(args, problems)
 
 
@@ -68,6 +70,17 @@ def _delete_stale_flows(kernel: Libnftables, plan: StalePlan) -> str:
     except OSError as err:
         log.logger().warning("conntrack cleanup failed", error=str(err), entries=len(plan.keep))
         return f"conntrack cleanup failed: {err}"
+
+
+def _forget_affinity(kernel: Libnftables, result: SyncResult, ruleset: Ruleset) -> str:
+    """Forget the clients of removed sticky endpoints; a failure is logged only
+    (their elements expire by the Service's timeout)."""
+    try:
+        n = affinity.forget_removed(kernel, result, ruleset)
+    except (NftError, OSError) as err:
+        log.logger().warning("affinity cleanup failed", error=str(err))
+        return f"; affinity cleanup failed: {err}"
+    return f"; {n} clients of removed sticky endpoints forgotten" if n else ""
 
 
 def diff(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from nftproxy import log
+from nftproxy import affinity, log
 from nftproxy.api.cache import Cache, Changes, ObjectKey, Snapshot
 from nftproxy.applied import Change, FamilyIndex, OwnerKey, by_owner
 from nftproxy.build import present
@@ -356,6 +356,9 @@ class Loop:
             self.health.node_eligible = snap.node.eligible
         self.health.updated()
         deleted = 0 if self.dry_run else self._delete_stale_flows(result, done.desired, state)
+        forgotten = 0 if self.dry_run else self._forget_affinity(result, done.desired)
+        if forgotten:  # our own commit: the next drift check need not read the kernel
+            self._generation = self.kernel.generation()
         self._count(done)
         self._log.info(
             "synced",
@@ -367,6 +370,7 @@ class Loop:
             removed=result.summary.removed,
             services_changed=len(changes.services),
             conntrack_deleted=deleted,
+            affinity_forgotten=forgotten,
             problems=len(state.problems),
         )
 
@@ -382,6 +386,16 @@ class Loop:
             return 0
         self.metrics.conntrack_deleted.inc(deleted)
         return deleted
+
+    def _forget_affinity(self, result: SyncResult, ruleset: Ruleset) -> int:
+        """Clients of removed sticky endpoints are forgotten; a failure is counted
+        and logged (the elements then expire by their timeout)."""
+        try:
+            return affinity.forget_removed(self.kernel, result, ruleset)
+        except (NftError, OSError) as err:
+            self.metrics.cleanup_failures.inc()
+            self._log.warning("affinity cleanup failed", error=str(err))
+            return 0
 
     def _count(self, done: Done) -> None:
         state, result, changes, first = done.state, done.result, done.changes, done.first

@@ -173,6 +173,11 @@ def _touched(txs: tuple[Transaction, ...]) -> tuple[set[EntryKey], set[str]]:
     return keys, chains
 
 
+def changed_chains(result: SyncResult) -> set[str] | None:
+    """The chains a sync changed; None after a full load (all of them)."""
+    return None if result.full else _touched(result.transactions)[1]
+
+
 def stale_plan(
     result: SyncResult, ruleset: Ruleset, serving: Mapping[EntryKey, frozenset[Target]]
 ) -> StalePlan:

@@ -157,7 +157,7 @@ class TableReader:
         request = {SET_TABLE: string(self.name)}
         for info in (self._set(a) for a in self._dump(Message.GETSET, request, SET_TABLE)):
             if info.set.name == name and not info.flags & SET_ANONYMOUS:
-                return self._with_elements(info)
+                return self._with_elements(info, dynamic=True)
         return None
 
     def _generation(self) -> int:
@@ -225,9 +225,10 @@ class TableReader:
             definition, flags, be32(a[SET_KEY_LEN]), be32(a.get(SET_DATA_LEN, b"\0" * 4))
         )
 
-    def _with_elements(self, info: _SetInfo) -> Set:
+    def _with_elements(self, info: _SetInfo, *, dynamic: bool = False) -> Set:
+        """The set with its elements; a dynamic set's (the kernel's own) only if asked."""
         s = info.set
-        if s.dynamic or not self.elements:
+        if (s.dynamic and not dynamic) or not self.elements:
             return s
         elements = tuple(_decode(info, self.family, self._elements(info)))
         return replace(s, elements=elements)
