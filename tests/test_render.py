@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from helpers import endpoint, service, slice_, state_of
+
+from nftproxy.build import build
 from nftproxy.nft.model import (
     Chain,
     DataType,
@@ -20,7 +23,15 @@ from nftproxy.nft.model import (
     Verdict,
     VerdictKind,
 )
-from nftproxy.nft.render import ordered_chains, render_rule, render_script, render_table
+from nftproxy.nft.render import (
+    ordered_chains,
+    render_batch,
+    render_rule,
+    render_script,
+    render_stages,
+    render_table,
+)
+from nftproxy.nft.transaction import Batch
 
 
 def test_rule_terms() -> None:
@@ -73,3 +84,22 @@ def test_script_replaces_present_and_removes_absent_tables() -> None:
         "delete table ip6 nftproxy",
     ]
     assert "table ip nftproxy {" in script and "table ip6 nftproxy {" not in script
+
+
+def _elements_in(script: str) -> int:
+    """Elements in a stage's ``add element ... { a, b }`` lines (no comma in them)."""
+    return sum(line.count(", ") + 1 for line in script.splitlines() if "add element" in line)
+
+
+def test_a_fresh_load_is_staged_and_every_element_goes_once() -> None:
+    """The first stage declares the tables dormant with empty sets; the elements
+    follow in stages of at most per_stage; the last stage wakes the tables."""
+    rs = build(state_of(service(), slice_("svc", *(endpoint(f"10.1.0.{i}") for i in range(9)))))
+    whole = Batch("nftproxy", load=rs)
+    assert render_stages(whole, 4) == [render_batch(whole)]  # not fresh: one script
+    first, *middle, last = render_stages(Batch("nftproxy", load=rs, fresh=True), 4)
+    assert "flags dormant" in first and "elements =" not in first
+    assert all(_elements_in(stage) <= 4 for stage in middle)
+    total = sum(len(st.elements) for t in rs.tables for st in t.sets)
+    assert sum(map(_elements_in, middle)) == total > 4
+    assert last.startswith("add table ip nftproxy\n")

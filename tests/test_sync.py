@@ -709,3 +709,51 @@ def test_a_new_affinity_timeout_reaches_the_chain_comment(lab: tuple[Lab, Libnft
         "ns/web/udp/dns: ClientIP affinity 60s",
     }
     assert len(reached(lab_, CLIENT, "172.30.0.10", 80)) == 1
+
+
+class _Staged(Libnftables):
+    """Loads in stages of 4 elements; records each script and whether the table
+    was dormant after it; with ``fail_at``, that script carries a refused command."""
+
+    stage_elements = 4
+
+    def __init__(self, netns: str, fail_at: int | None = None) -> None:
+        super().__init__(netns)
+        self.fail_at = fail_at
+        self.dormant: list[bool] = []
+
+    def run(self, script: str) -> None:
+        if self.fail_at == len(self.dormant):
+            self.fail_at = None
+            script += "add rule ip nftproxy no-such-chain drop\n"
+        super().run(script)
+        table = self.read_table(Family.IP, "nftproxy", elements=False)
+        self.dormant.append(table is not None and table.dormant)
+
+
+def test_a_fresh_load_goes_in_stages_behind_a_dormant_table(
+    lab: tuple[Lab, Libnftables],
+) -> None:
+    """Into an empty kernel: the tables dormant with empty sets, the elements in
+    stages, then the tables woken; the result equals a one-script load."""
+    lab_, _ = lab
+    kernel = _Staged(lab_.node)
+    rs = ruleset(*web(*EPS, sessionAffinity="ClientIP"), *web(*EPS)[1:])
+    result = sync(kernel, rs)
+    assert result.full and len(kernel.dormant) > 3
+    assert kernel.dormant[:-1] == [True] * (len(kernel.dormant) - 1)
+    assert kernel.dormant[-1] is False
+    assert in_sync(kernel, rs)
+    assert len(reached(lab_, CLIENT, "172.30.0.10", 80)) == 1  # sticky
+    kernel.dormant.clear()
+    sync(kernel, ruleset(*web(EPS[0])))  # the table is there: one transaction
+    assert kernel.dormant == [False]
+
+
+def test_a_failed_stage_is_repaired_by_a_whole_load(lab: tuple[Lab, Libnftables]) -> None:
+    lab_, _ = lab
+    rs = ruleset(*web(*EPS))
+    result = sync_with_retries(_Staged(lab_.node, fail_at=2), rs)
+    assert result.full
+    assert in_sync(lab[1], rs)
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == set(EPS)

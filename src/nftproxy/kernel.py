@@ -26,7 +26,7 @@ from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.conntrack import StalePlan, delete_stale
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, generation, table_names
-from nftproxy.nft.render import render_batch
+from nftproxy.nft.render import STAGE_ELEMENTS, render_stages
 from nftproxy.nft.transaction import Batch
 from nftproxy.nft.wire import Socket
 
@@ -147,6 +147,9 @@ class Libnftables:
     inside that network namespace when the object is made, and stay there.
     """
 
+    stage_elements = STAGE_ELEMENTS
+    """Elements per stage of a fresh load."""
+
     def __init__(self, netns: str | None = None) -> None:
         import nftables  # noqa: PLC0415 - a system package; render does not need it
 
@@ -164,8 +167,10 @@ class Libnftables:
         return str(out)
 
     def apply(self, batch: Batch) -> None:
-        """Apply a sync's batch: rendered to nft's syntax, run as one transaction."""
-        self.run(render_batch(batch))
+        """Apply a sync's batch: rendered to nft's syntax, run as one transaction
+        (a fresh load: as several, see :func:`~nftproxy.nft.render.render_stages`)."""
+        for script in render_stages(batch, self.stage_elements):
+            self.run(script)
 
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction.

@@ -261,8 +261,9 @@ def sync(
     stamps = tuple(
         Transaction(f, table, _stamp(t, stamp)) for f, t in desired.items() if t is not None
     )
-    full = full or all(t is None for t in current.values())  # nothing there: load it whole
-    batch = Batch(table, txs, ruleset if full else None, stamps)
+    fresh = all(t is None for t in current.values())
+    full = full or fresh  # nothing there: load it whole
+    batch = Batch(table, txs, ruleset if full else None, stamps, fresh=fresh)
     if not dry_run and (txs or full or not trusted):
         kernel.apply(batch)
         if checkpoint is not None:

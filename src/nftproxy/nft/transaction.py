@@ -130,3 +130,6 @@ class Batch:
     transactions: tuple[Transaction, ...] = ()
     load: Ruleset | None = None
     after: tuple[Transaction, ...] = ()
+    fresh: bool = False
+    """The kernel holds none of our tables: a load may go in stages (the tables
+    dormant until the last one), see :func:`nftproxy.nft.render.render_stages`."""
