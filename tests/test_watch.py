@@ -31,7 +31,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 class Watching:
     """A fake API server, a cache and the reflectors run would start."""
 
-    def __init__(self, api: FakeAPIServer) -> None:
+    def __init__(self, api: FakeAPIServer, page_size: int = 500) -> None:
         self.api = api
         self.changes = 0
         self.cache = Cache("node-a", on_change=self._changed)
@@ -46,7 +46,9 @@ class Watching:
             limiter=RateLimiter(0, 1),
         )
         self.reflectors = {
-            w.kind: Reflector(w, self.cache, self.stop, watch_seconds=30, backoff_max=0.5)
+            w.kind: Reflector(
+                w, self.cache, self.stop, watch_seconds=30, backoff_max=0.5, page_size=page_size
+            )
             for w in what
         }
         for r in self.reflectors.values():
@@ -119,6 +121,27 @@ def test_410_relists_without_losing_or_replaying(watching: Watching) -> None:
     wait_for(lambda: watching.names()["Service"] == {"b"})
     _, changes = watching.cache.take()
     assert changes.services <= {("ns", "a"), ("ns", "b")}
+
+
+def test_lists_come_in_pages_and_an_expired_page_lists_again() -> None:
+    """limit/continue as kube's reflectors: 7 Services in pages of 3; when a next
+    page's snapshot has expired (410), the list starts over and loses nothing."""
+    with FakeAPIServer() as api:
+        for i in range(7):
+            api.apply(service(f"s{i}", clusterIP=f"172.30.0.{10 + i}"))
+        api.expire_next_continues(1)
+        w = Watching(api, page_size=3)
+        try:
+            assert w.names()["Service"] == {f"s{i}" for i in range(7)}
+            services = _services(w)
+            # One page, the 410 on the next, then the 3 pages of the list again.
+            assert services.lists == 1 and services.pages == 1 + 3
+            lists = [r for r in api.requests if r == "GET /api/v1/services"]
+            assert len(lists) == 5
+            api.delete("Service", "ns", "s0")
+            wait_for(lambda: "s0" not in w.names()["Service"])
+        finally:
+            w.stop.set()
 
 
 def test_dropped_watch_resumes_from_its_version(watching: Watching) -> None:

@@ -11,6 +11,7 @@ a chain and a dynamic set of their own.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -180,6 +181,10 @@ def unique(elements: Iterable[Element]) -> tuple[Element, ...]:
     return tuple(first.values())
 
 
+_index_text = functools.cache(str)
+"""``str(i)`` for a backends index, made once per number."""
+
+
 def fit(name: str) -> str:
     """name itself, or its hashed short form when nft would find it too long."""
     return name if len(name) <= names.NAME_MAX else names.hashed(name, prefix="long-")
@@ -193,6 +198,7 @@ class _TableBuilder:
         self.elements: dict[str, list[Element]] = defaultdict(list)
         self.chains: dict[str, Chain] = {}
         self.affinity_sets: dict[str, Set] = {}
+        self._targets: dict[Endpoint, tuple[str, str]] = {}
 
     def element(
         self,
@@ -210,6 +216,15 @@ class _TableBuilder:
             self.chains[name] = Chain(name, tuple(Rule(r) for r in rules), comment=text)
         return name
 
+    def target(self, ep: Endpoint) -> tuple[str, str]:
+        """An endpoint as a map value, made once: a Service's entries (ClusterIP,
+        NodePort, load balancer) share it, and at 250,000 endpoints every copy
+        of the strings costs tens of MB."""
+        text = self._targets.get(ep)
+        if text is None:
+            text = self._targets[ep] = (str(ep.addr), str(ep.port))
+        return text
+
     # -- endpoint selection -------------------------------------------------
 
     def selection(
@@ -225,7 +240,7 @@ class _TableBuilder:
         if sp.affinity_timeout is not None:
             return self.sticky(sp, group, local=local)
         for i, ep in enumerate(group):
-            self.element(backends, (*key, str(i)), (str(ep.addr), str(ep.port)))
+            self.elements[backends].append(Element((*key, _index_text(i)), self.target(ep)))
         prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
         name = f"{prefix}-{len(group)}"
         if name in self.chains:

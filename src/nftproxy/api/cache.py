@@ -71,12 +71,25 @@ class Cache:
     # -- the reflectors' side -------------------------------------------------
 
     def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
-        """A fresh list: add and change what it holds, delete what it lacks."""
+        """A fresh list in one piece: add and change what it holds, delete what it lacks."""
+        self.retain(kind, self.put(kind, items))
+
+    def put(self, kind: str, items: list[dict[str, Any]]) -> set[ObjectKey]:
+        """One page of a list: add and change what it holds; the keys it held."""
         keys = {_key(item) for item in items}
-        changed = False
         with self._lock:
+            changed = False
             for item in items:
                 changed |= self._put(kind, item)
+            changed &= bool(self._changes)
+        if changed:
+            self.on_change()
+        return keys
+
+    def retain(self, kind: str, keys: set[ObjectKey]) -> None:
+        """The end of a list: delete what none of its pages held."""
+        with self._lock:
+            changed = False
             for key in list(self._held(kind)):
                 if key not in keys:
                     changed |= self._drop(kind, key)

@@ -32,13 +32,19 @@ WATCH_SECONDS = 300
 """How long one watch asks to stay open (kube's reflectors pick 5-10 minutes)."""
 CONNECT_SECONDS = 5.0
 BACKOFF_MAX = 30.0
+PAGE_SIZE = 500
+"""Objects per list page (kube's reflectors ask for 500): the JSON of one page is
+all a list holds in memory at once."""
 
 
 class Sink(Protocol):
     """Where a reflector delivers what it sees."""
 
-    def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
-        """Everything of kind that exists now (after a list)."""
+    def put(self, kind: str, items: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """One page of a list: objects of kind that exist now; their keys."""
+
+    def retain(self, kind: str, keys: set[tuple[str, str]]) -> None:
+        """The end of a list: objects of kind not among keys are gone."""
 
     def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
         """One watch event: ADDED, MODIFIED or DELETED."""
@@ -81,6 +87,7 @@ class Reflector:
         *,
         watch_seconds: int = WATCH_SECONDS,
         backoff_max: float = BACKOFF_MAX,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.what = what
         self.sink = sink
@@ -89,7 +96,9 @@ class Reflector:
         """Set once the first list has been delivered."""
         self.resource_version = ""
         self.watch_seconds = watch_seconds
+        self.page_size = page_size
         self.lists = 0
+        self.pages = 0
         self.failures = 0
         self._log = log.logger().bind(kind=what.kind)
         self._retrying = tenacity.Retrying(
@@ -134,19 +143,38 @@ class Reflector:
         return out
 
     def _list(self) -> None:
-        resp = self.what.call(**self._kwargs(), _request_timeout=(CONNECT_SECONDS, 120))
+        """List in pages; every page is of the snapshot the first one fixed. An
+        expired continue token is a 410: the list starts again."""
+        keys: set[tuple[str, str]] = set()
+        token, version = "", ""
+        while True:
+            body = self._page(token)
+            items = [
+                {"kind": self.what.kind, "apiVersion": self.what.api_version, **item}
+                for item in body.get("items") or []
+            ]
+            keys |= self.sink.put(self.what.kind, items)
+            meta = body["metadata"]
+            version = version or str(meta["resourceVersion"])
+            token = meta.get("continue") or ""
+            if not token:
+                break
+        self.sink.retain(self.what.kind, keys)
+        self.resource_version = version
+        self.lists += 1
+        self.synced.set()
+
+    def _page(self, token: str) -> Mapping[str, Any]:
+        kwargs = {**self._kwargs(), "limit": self.page_size}
+        if token:
+            kwargs["_continue"] = token
+        resp = self.what.call(**kwargs, _request_timeout=(CONNECT_SECONDS, 120))
         try:
             body: Mapping[str, Any] = orjson.loads(resp.data)
         finally:
             resp.release_conn()
-        items = [
-            {"kind": self.what.kind, "apiVersion": self.what.api_version, **item}
-            for item in body.get("items") or []
-        ]
-        self.sink.replace(self.what.kind, items)
-        self.resource_version = str(body["metadata"]["resourceVersion"])
-        self.lists += 1
-        self.synced.set()
+        self.pages += 1
+        return body
 
     def _watch(self) -> None:
         resp = self.what.call(

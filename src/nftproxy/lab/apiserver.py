@@ -201,7 +201,9 @@ class Store:
         """The objects a query selects, and the resourceVersion of the list."""
         with self.cond:
             items = [
-                o for (p, _, _), o in self.objects.items() if p == query.plural and query.wants(o)
+                o
+                for (p, _, _), o in sorted(self.objects.items(), key=lambda kv: kv[0])
+                if p == query.plural and query.wants(o)
             ]
             return copy.deepcopy(items), self.rv
 
@@ -256,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client went away
         else:
-            self._list(query)
+            self._list(query, params)
 
     def _json(self, code: int, body: Mapping[str, Any]) -> None:
         data = orjson.dumps(body)
@@ -266,16 +268,35 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _list(self, query: Query) -> None:
+    def _list(self, query: Query, params: Mapping[str, str]) -> None:
+        """A list, or one page of it with ``limit`` (``continue`` names the next)."""
         res = RESOURCES[query.plural]
-        items, rv = self.server.api.store.listing(query)
+        api = self.server.api
+        token = params.get("continue", "")
+        if token:
+            held = api.continues.pop(token, None)
+            if api.take_expiry():
+                held = None
+            if held is None:
+                message = "The provided continue parameter is too old to display a consistent list"
+                self._json(410, _status(410, "Expired", message))
+                return
+            items, rv = held
+        else:
+            items, rv = api.store.listing(query)
+        limit = int(params.get("limit") or 0)
+        page, rest = (items[:limit], items[limit:]) if limit > 0 else (items, [])
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if rest:
+            meta["continue"] = api.hold_continue(rest, rv)
+            meta["remainingItemCount"] = len(rest)
         self._json(
             200,
             {
                 "kind": res.kind + "List",
                 "apiVersion": res.api_version,
-                "metadata": {"resourceVersion": str(rv)},
-                "items": items,
+                "metadata": meta,
+                "items": page,
             },
         )
 
@@ -387,6 +408,10 @@ class FakeAPIServer:
         self.generation = 0
         self.requests: deque[str] = deque(maxlen=10_000)
         self.active_watches = 0
+        self.continues: dict[str, tuple[list[dict[str, Any]], int]] = {}
+        """The rest of each paged list, by continue token (a snapshot, as etcd's)."""
+        self._tokens = itertools.count(1)
+        self._expiries = 0
         self._failures: deque[int] = deque()
         self._lock = threading.Lock()
         self.served = {k: v for k, v in RESOURCES.items() if k not in without}
@@ -435,6 +460,26 @@ class FakeAPIServer:
         finally:
             with self._lock:
                 self.active_watches -= 1
+
+    def hold_continue(self, rest: list[dict[str, Any]], rv: int) -> str:
+        """Keep the rest of a paged list; the token that asks for it."""
+        token = f"continue-{next(self._tokens)}"
+        self.continues[token] = (rest, rv)
+        return token
+
+    def expire_next_continues(self, count: int) -> None:
+        """The next ``count`` requests for a list's next page get 410 Expired (the
+        snapshot compacted away meanwhile)."""
+        with self._lock:
+            self._expiries += count
+
+    def take_expiry(self) -> bool:
+        """Whether this next-page request must find its snapshot expired."""
+        with self._lock:
+            if self._expiries:
+                self._expiries -= 1
+                return True
+            return False
 
     def drop_watches(self) -> None:
         """End every open watch stream abruptly, as a broken connection."""
