@@ -182,7 +182,7 @@ def unique(elements: Iterable[Element]) -> tuple[Element, ...]:
 
 
 _index_text = functools.cache(str)
-"""``str(i)`` for a backends index, made once per number."""
+"""``str(n)`` for a backends index or a port, made once per number."""
 
 
 def fit(name: str) -> str:
@@ -222,7 +222,7 @@ class _TableBuilder:
         of the strings costs tens of MB."""
         text = self._targets.get(ep)
         if text is None:
-            text = self._targets[ep] = (str(ep.addr), str(ep.port))
+            text = self._targets[ep] = (str(ep.addr), _index_text(ep.port))
         return text
 
     # -- endpoint selection -------------------------------------------------
