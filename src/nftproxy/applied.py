@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 from nftproxy.build import Fragment, assemble, fixed_table, fragment
 from nftproxy.config import FamilyNode
 from nftproxy.nft.model import Chain, Element, Set, Table
+from nftproxy.slots import Slots, align_elements, slots_of
 from nftproxy.state import FamilyState, ServicePort
 
 OwnerKey = tuple[str, str, str]
@@ -33,6 +34,13 @@ ElementKey = tuple[str, tuple[str, ...]]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+def _aligned(frag: Fragment, slots: Slots) -> Fragment:
+    """frag with its endpoints in the slots held where they can be."""
+    if not slots:
+        return frag
+    return replace(frag, elements=align_elements(frag.elements, slots))
 
 
 def owner_of(sp: ServicePort) -> OwnerKey:
@@ -123,11 +131,12 @@ class FamilyIndex:
     sets: Counter[str] = field(default_factory=Counter)
 
     @classmethod
-    def of(cls, fs: FamilyState) -> FamilyIndex:
-        """The index of a family's whole state."""
+    def of(cls, fs: FamilyState, held: Slots | None = None) -> FamilyIndex:
+        """The index of a family's whole state; its endpoints keep the slots held
+        (see :mod:`nftproxy.slots`)."""
         idx = cls(fixed_table(fs.node))
         for owner, ports in by_owner(fs.service_ports).items():
-            frag = fragment(fs.node, ports)
+            frag = _aligned(fragment(fs.node, ports), held or {})
             idx._hold(owner, frag, entries_of(ports))
             idx.elements.update((s, e.key) for s, els in frag.elements.items() for e in els)
             idx.chains.update(frag.chains.keys())
@@ -161,7 +170,7 @@ class FamilyIndex:
             for k in entries_of(owner_ports):
                 if self.answering.get(k, owner) != owner and self.answering[k] not in ports:
                     return None
-        fresh = {o: fragment(node, p) for o, p in ports.items() if p}
+        fresh = {o: _aligned(fragment(node, p), self._slots(o)) for o, p in ports.items() if p}
         elements: _Counted[ElementKey, tuple[str, Element]] = _Counted(self.elements)
         chains: _Counted[str, Chain] = _Counted(self.chains)
         sets: _Counted[str, Set] = _Counted(self.sets)
@@ -211,6 +220,11 @@ class FamilyIndex:
         change.elements.commit()
         change.chains.commit()
         change.sets.commit()
+
+    def _slots(self, owner: OwnerKey) -> Slots:
+        """The slots the owner's applied fragment gives its endpoints."""
+        frag = self.fragments.get(owner)
+        return slots_of(frag.elements) if frag is not None else {}
 
     def _hold(self, owner: OwnerKey, frag: Fragment, entries: tuple[EntryKey, ...]) -> None:
         self.fragments[owner] = frag

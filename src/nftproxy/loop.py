@@ -33,6 +33,7 @@ from nftproxy.pipeline import with_node
 from nftproxy.plan import Summary
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.metrics import Metrics
+from nftproxy.slots import table_slots
 from nftproxy.state import ProxyState, ServicePort, compute_state, serving_flows
 from nftproxy.sync import (
     FAMILIES,
@@ -239,14 +240,17 @@ class Loop:
         """Compute everything, plan against what was applied (read on the first sync)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
-        index = {fs.node.family: FamilyIndex.of(fs) for fs in state.families}
-        ruleset = self._ruleset(index)
         if self.repair and self._read is not None:
             current = self._read  # what the drift check read
         elif self.index is not None:
             current = desired_tables(self._ruleset(self.index))  # what was applied
         else:
             current = read_tables(self.kernel)
+        index = {
+            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
+            for fs in state.families
+        }
+        ruleset = self._ruleset(index)
         try:
             result = sync(
                 self.kernel,

@@ -47,6 +47,7 @@ from nftproxy.nft.transaction import (
 from nftproxy.plan import Summary, plan, summarize
 from nftproxy.reach import reach_all
 from nftproxy.report import Difference, differences
+from nftproxy.slots import align_tables
 
 FAMILIES = (Family.IP, Family.IP6)
 
@@ -128,7 +129,8 @@ def drift(
     desired = desired_tables(ruleset)
     if not chain_comments:
         desired = without_chain_comments(desired)
-    return differences(plan_all(desired, current, table), desired, current)
+    desired = align_tables(desired, current)
+    return differences(plan_all(desired, current, table, align=False), desired, current)
 
 
 def without_chain_comments(tables: dict[Family, Table | None]) -> dict[Family, Table | None]:
@@ -151,8 +153,14 @@ def plan_all(
     desired: dict[Family, Table | None],
     current: dict[Family, Table | None],
     table: str = names.TABLE,
+    *,
+    align: bool = True,
 ) -> tuple[Transaction, ...]:
-    """One transaction per family that needs one."""
+    """One transaction per family that needs one. The desired endpoints take the
+    slots current gives them (:mod:`nftproxy.slots`) unless ``align`` is False
+    (desired is aligned already)."""
+    if align:
+        desired = align_tables(desired, current)
     txs = (plan(desired[f], current[f], f, table) for f in FAMILIES)
     return tuple(tx for tx in txs if tx)
 
@@ -256,7 +264,8 @@ def sync(
         current = filled
     else:
         current = read_already if read_already is not None else read_tables(kernel, table)
-    txs = plan_all(desired, current, table) if planned is None or trusted else planned
+    aligned = align_tables(desired, current)
+    txs = plan_all(aligned, current, table, align=False) if planned is None or trusted else planned
     summary = sum((summarize(tx) for tx in txs), Summary())
     stamps = tuple(
         Transaction(f, table, _stamp(t, stamp)) for f, t in desired.items() if t is not None
@@ -267,7 +276,8 @@ def sync(
     if not dry_run and (txs or full or not trusted):
         kernel.apply(batch)
         if checkpoint is not None:
-            checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, desired))
+            applied = desired if full else aligned  # a full load is the ruleset as built
+            checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, applied))
     seconds = time.perf_counter() - start
     return SyncResult(txs, batch, summary, seconds, full, current, from_checkpoint=trusted)
 
