@@ -44,6 +44,17 @@ class TestLoadPaths:
         loaded = load_paths([tmp_path])
         assert sorted(Path(src).name for src, _ in loaded.objects) == ["eps.yml", "svc.json"]
 
+    def test_a_yaml_flow_mapping_is_not_mistaken_for_json(self, tmp_path: Path) -> None:
+        """A .yaml file that starts with "{" is read as JSON when it is JSON (kubectl
+        get -o json > x.yaml), else as YAML."""
+        flow = "{apiVersion: v1, kind: Service, metadata: {name: a, namespace: ns},"
+        flow += " spec: {clusterIP: 172.30.0.10, ports: [{port: 80}]}}\n"
+        _write(tmp_path / "flow.yaml", flow)
+        _write(tmp_path / "json.yaml", json.dumps(service("b", clusterIP="172.30.0.11")))
+        loaded = load_paths([tmp_path])
+        assert loaded.problems == []
+        assert sorted(o.name for _, o in loaded.objects) == ["a", "b"]
+
     def test_unparsable_file_is_reported_and_others_still_load(self, tmp_path: Path) -> None:
         bad = _write(tmp_path / "bad.yaml", "kind: Service\n  metadata: [\n")
         _write(tmp_path / "good.yaml", json.dumps(service("a")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +41,16 @@ class UnreadableError(ValueError):
 
 def _documents(path: Path) -> list[Any]:
     """Every document in a file. JSON goes through orjson: a whole cluster as one
-    ``kind: List`` reads several times faster than with PyYAML or the json module."""
+    ``kind: List`` reads several times faster than with PyYAML or the json module.
+    A file is JSON by its name or by its content (``kubectl get -o json > x.yaml``);
+    a ``.yaml`` file that starts like JSON but is not (a YAML flow mapping) is YAML."""
     data = path.read_bytes()
     try:
         if path.suffix == ".json":
             return [orjson.loads(data)]
+        if data.lstrip()[:1] in (b"{", b"["):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                return [orjson.loads(data)]
         import yaml  # noqa: PLC0415 - JSON-only runs skip its import
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
