@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import pytest
 from helpers import comparable
 
-from nftproxy.kernel import Libnftables
+from nftproxy.kernel import Libnftables, in_netns
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.nft.model import Chain, Family, Raw, Rule, Table
+from nftproxy.nft.read import TableReader
+from nftproxy.nft.wire import Message, Socket, string
 from nftproxy.sync import read_tables
 
 pytestmark = pytest.mark.kernel
@@ -288,3 +290,24 @@ def test_interface_detectors_read_back(interface: str) -> None:
         desired = desired_tables(ruleset)
         assert not plan_all(desired, read_tables(kernel))
         assert not plan_all(without_chain_comments(desired), read_tables(kernel, via_nft=True))
+
+
+def test_a_dump_left_early_is_read_to_its_end(lab: Lab) -> None:
+    """A reader that stops in the middle of a large dump leaves the socket able to
+    dump again (the kernel refuses a new dump while one is unfinished)."""
+    elements = ", ".join(f"10.{i >> 8}.{i & 255}.1" for i in range(BIG))
+    lab.load(f"table ip t {{\n  set s {{ type ipv4_addr; elements = {{ {elements} }} }}\n}}\n")
+    with in_netns(lab.node):
+        sock = Socket()
+    try:
+        request = {1: string("t"), 2: string("s")}  # NFTA_SET_ELEM_LIST_TABLE, _SET
+        bodies = sock.bodies(Message.GETSETELEM, 2, request)  # AF_INET
+        next(bodies)
+        bodies.close()  # stopped after the first reply
+        table = TableReader(sock, Family.IP, "t").read()
+        assert table is not None
+        (s,) = table.sets
+        assert len(s.elements) == BIG
+    finally:
+        sock.close()
+        in_ns(lab.node, "nft", "delete", "table", "ip", "t")

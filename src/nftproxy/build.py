@@ -12,6 +12,7 @@ a chain and a dynamic set of their own.
 from __future__ import annotations
 
 import functools
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -219,10 +220,11 @@ class _TableBuilder:
     def target(self, ep: Endpoint) -> tuple[str, str]:
         """An endpoint as a map value, made once: a Service's entries (ClusterIP,
         NodePort, load balancer) share it, and at 250,000 endpoints every copy
-        of the strings costs tens of MB."""
+        of the strings costs tens of MB. Addresses are interned: what the kernel
+        is read back into shares them."""
         text = self._targets.get(ep)
         if text is None:
-            text = self._targets[ep] = (str(ep.addr), _index_text(ep.port))
+            text = self._targets[ep] = (sys.intern(str(ep.addr)), _index_text(ep.port))
         return text
 
     # -- endpoint selection -------------------------------------------------
@@ -362,7 +364,7 @@ class _TableBuilder:
     # -- entries ------------------------------------------------------------
 
     def entry(self, sp: ServicePort, entry: Entry) -> None:
-        key = (str(entry.addr), sp.protocol.value, str(entry.port))
+        key = (sys.intern(str(entry.addr)), sp.protocol.value, _index_text(entry.port))
         comment = names.comment(str(sp.name))
         if entry.kind == EntryKind.CLUSTER_IP:
             self.element(names.CLUSTER_IPS, key[:1])

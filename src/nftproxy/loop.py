@@ -258,6 +258,7 @@ class Loop:
                 full=self.need_full,
                 dry_run=self.dry_run,
                 read_already=current,
+                aligned_already=True,
             )
         except NftError as err:
             self._failed(err, first)

@@ -242,13 +242,15 @@ def sync(
     table: str = names.TABLE,
     read_already: dict[Family, Table | None] | None = None,
     planned: tuple[Transaction, ...] | None = None,
+    aligned_already: bool = False,
 ) -> SyncResult:
     """Make the kernel hold ruleset: incrementally, or whole with ``full``.
 
     ``read_already`` is the kernel's state read a moment ago (by :func:`read_ahead`),
     or what was applied last, used instead of reading it again when no checkpoint
     is trusted; ``planned`` the transactions from it to ruleset, when the caller
-    has planned them already.
+    has planned them already; ``aligned_already`` that ruleset keeps the slots
+    ``read_already`` holds (:mod:`nftproxy.slots`), as the loop builds it.
     """
     start = time.perf_counter()
     desired = desired_tables(ruleset)
@@ -264,7 +266,8 @@ def sync(
         current = filled
     else:
         current = read_already if read_already is not None else read_tables(kernel, table)
-    aligned = align_tables(desired, current)
+    given = aligned_already and filled is None and read_already is not None
+    aligned = desired if given else align_tables(desired, current)
     txs = plan_all(aligned, current, table, align=False) if planned is None or trusted else planned
     summary = sum((summarize(tx) for tx in txs), Summary())
     stamps = tuple(

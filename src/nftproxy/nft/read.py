@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 import tenacity
 
@@ -49,6 +51,8 @@ from nftproxy.nft.wire import (
     string,
     text,
 )
+
+T = TypeVar("T")
 
 TABLE_NAME, TABLE_FLAGS = 1, 2
 TABLE_DORMANT = 0x1
@@ -163,18 +167,29 @@ class TableReader:
     def _generation(self) -> int:
         return generation(self.sock)
 
-    def _bodies(self, message: Message, attrs: dict[int, bytes]) -> list[bytes]:
-        """A dump's replies; none when what it names is gone (the generation tells)."""
+    def _retried(
+        self,
+        message: Message,
+        attrs: dict[int, bytes],
+        use: Callable[[Iterable[bytes]], T],
+        empty: T,
+    ) -> T:
+        """use() of a dump's replies as they arrive, again from the start when the
+        dump was interrupted; empty when what it names is gone."""
         for _ in range(STABLE_ATTEMPTS if self.retry_dumps else 1):
             try:
-                return self.sock.dump(message, self.af, attrs)
+                return use(self.sock.bodies(message, self.af, attrs))
             except DumpInterruptedError:
                 continue
             except NetlinkError as err:
                 if err.errno == errno.ENOENT:
-                    return []
+                    return empty
                 raise
         raise DumpInterruptedError
+
+    def _bodies(self, message: Message, attrs: dict[int, bytes]) -> list[bytes]:
+        """A dump's replies; none when what it names is gone (the generation tells)."""
+        return self._retried(message, attrs, list, [])
 
     def _dump(self, message: Message, attrs: dict[int, bytes], table_attr: int) -> list[Attrs]:
         out = [attributes(b) for b in self._bodies(message, attrs)]
@@ -230,17 +245,22 @@ class TableReader:
         s = info.set
         if (s.dynamic and not dynamic) or not self.elements:
             return s
-        elements = tuple(_decode(info, self.family, self._elements(info)))
+
+        def decoded(bodies: Iterable[bytes]) -> tuple[Element, ...]:
+            return tuple(_decode(info, self.family, _element_attrs(bodies)))
+
+        # Decoded as the dump arrives: at 340,000 elements, holding the replies and
+        # their attributes first took about 130 MB more at once.
+        none: tuple[Element, ...] = ()
+        elements = self._retried(Message.GETSETELEM, self._element_request(info), decoded, none)
         return replace(s, elements=elements)
 
-    def _elements(self, info: _SetInfo) -> list[Attrs]:
+    def _element_request(self, info: _SetInfo) -> dict[int, bytes]:
+        return {ELEM_LIST_TABLE: string(self.name), ELEM_LIST_SET: string(info.set.name)}
+
+    def _elements(self, info: _SetInfo) -> Iterator[Attrs]:
         """The attributes of each of a set's elements, as dumped."""
-        request = {ELEM_LIST_TABLE: string(self.name), ELEM_LIST_SET: string(info.set.name)}
-        out: list[Attrs] = []
-        for body in self._bodies(Message.GETSETELEM, request):
-            nested = attributes(body).get(ELEM_LIST_ELEMENTS)
-            out += map(attributes, attribute_list(nested or b""))
-        return out
+        return _element_attrs(self._bodies(Message.GETSETELEM, self._element_request(info)))
 
     def _chains(self, rules: Rules) -> tuple[Chain, ...]:
         found: dict[str, list[Rule]] = defaultdict(list)
@@ -287,14 +307,24 @@ def _base(a: Attrs) -> BaseHook | None:
     )
 
 
+def _element_attrs(bodies: Iterable[bytes]) -> Iterator[Attrs]:
+    """The attributes of each element in a set element dump's replies."""
+    for body in bodies:
+        nested = attributes(body).get(ELEM_LIST_ELEMENTS)
+        yield from map(attributes, attribute_list(nested or b""))
+
+
 def _key(a: Attrs, kind: int = ELEM_KEY) -> bytes:
     return data_value(a[kind])
 
 
 def _memo(kind: DataType, family: Family) -> Callable[[bytes], str]:
-    """values.scalar for one type; remembered unless addresses (which rarely repeat)."""
+    """values.scalar for one type, remembered; addresses are interned instead (most
+    are distinct within a set, but a running proxy holds the same text in what it
+    built, and the Python string is shared with that)."""
     if kind == DataType.ADDR:
-        return partial(socket.inet_ntop, FAMILIES[family])
+        to_text = partial(socket.inet_ntop, FAMILIES[family])
+        return lambda raw: sys.intern(to_text(raw))
     cache: dict[bytes, str] = {}
 
     def decode(raw: bytes) -> str:
@@ -340,13 +370,13 @@ def _value_decoder(info: _SetInfo, family: Family) -> Callable[[bytes | None], V
 
 
 def _decode(
-    info: _SetInfo, family: Family, raw: list[Attrs], ordered: bool = False
+    info: _SetInfo, family: Family, raw: Iterable[Attrs], ordered: bool = False
 ) -> Iterable[Element]:
     """A set's dumped elements as Elements (in key order with ``ordered``)."""
     if DataType.OTHER in (*info.set.key, *info.set.value):
         return [_opaque(a) for a in raw]
     if info.set.interval:
-        return _intervals(info, family, raw)
+        return _intervals(info, family, list(raw))
     if ordered:
         raw = sorted(raw, key=_key)
     key = _tuple_decoder(info.set.key, family, info.key_len)

@@ -9,11 +9,12 @@ moves bytes. Constants are the kernel's, from ``linux/netfilter/nf_tables.h``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -191,25 +192,51 @@ class Socket:
         dump: bool = True,
         subsystem: int = NFNL_SUBSYS_NFTABLES,
     ) -> list[bytes]:
-        """Every reply body of one request (a dump unless ``dump`` is false).
+        """Every reply body of one request (a dump unless ``dump`` is false)."""
+        return list(self.bodies(message, family, attrs, dump=dump, subsystem=subsystem))
 
-        An interrupted dump is read to its end before DumpInterruptedError is
-        raised: the kernel refuses a new dump on a socket whose last one is unfinished.
-        """
+    def bodies(
+        self,
+        message: int,
+        family: int,
+        attrs: dict[int, bytes],
+        *,
+        dump: bool = True,
+        subsystem: int = NFNL_SUBSYS_NFTABLES,
+    ) -> Generator[bytes, None, None]:
+        """The reply bodies of one request as they arrive: a large dump need not be
+        held whole. It must be read to its end (the kernel refuses a new dump on a
+        socket whose last one is unfinished); an interrupted dump raises
+        DumpInterruptedError there, after its last body."""
         self._sequence += 1
         self._sock.send(
             request(message, family, attrs, self._sequence, dump=dump, subsystem=subsystem)
         )
-        out: list[bytes] = []
-        done = interrupted = False
-        while not done:
-            size = self._sock.recv_into(self._buffer)
-            got = replies(bytes(self._buffer[:size]), self._sequence)
-            out += got.bodies
-            done, interrupted = got.done, interrupted or got.interrupted
+        state = {"done": False}
+        interrupted = False
+        try:
+            while not state["done"]:
+                got = self._next_replies(state)
+                interrupted = interrupted or got.interrupted
+                yield from got.bodies
+        finally:
+            while not state["done"]:  # the caller stopped early: read the dump to its end
+                with contextlib.suppress(NetlinkError):
+                    self._next_replies(state)
         if interrupted:
             raise DumpInterruptedError
-        return out
+
+    def _next_replies(self, state: dict[str, bool]) -> Replies:
+        """The next read of the current request's replies; state["done"] is set at
+        its end, an error reply included (raised as NetlinkError)."""
+        size = self._sock.recv_into(self._buffer)
+        try:
+            got = replies(bytes(self._buffer[:size]), self._sequence)
+        except NetlinkError:
+            state["done"] = True
+            raise
+        state["done"] = got.done
+        return got
 
     def close(self) -> None:
         """Close the socket."""
