@@ -143,7 +143,7 @@ def flows(sock: Socket, family: int, proto: int, entry: EntryKey | None = None) 
     """The conntrack entries of one family and protocol (and with entry, only those
     sent to it): one dump, filtered by the kernel."""
     request = _filter(family, proto, entry)
-    for body in sock.dump(IPCTNL_MSG_CT_GET, family, request, subsystem=NFNL_SUBSYS_CTNETLINK):
+    for body in sock.bodies(IPCTNL_MSG_CT_GET, family, request, subsystem=NFNL_SUBSYS_CTNETLINK):
         a = attributes(body)
         _, daddr, number, _, dport = _tuple(a[CTA_TUPLE_ORIG], family)
         if number != proto or (entry is not None and (daddr, dport) != entry[1:]):
@@ -179,8 +179,14 @@ def delete(sock: Socket, flow: Flow) -> bool:
     if flow.zone is not None:
         attrs[CTA_ZONE] = flow.zone
     try:
-        sock.dump(
-            IPCTNL_MSG_CT_DELETE, flow.family, attrs, dump=False, subsystem=NFNL_SUBSYS_CTNETLINK
+        list(  # the acknowledgement, or the error
+            sock.bodies(
+                IPCTNL_MSG_CT_DELETE,
+                flow.family,
+                attrs,
+                dump=False,
+                subsystem=NFNL_SUBSYS_CTNETLINK,
+            )
         )
     except NetlinkError as err:
         if err.errno == errno.ENOENT:

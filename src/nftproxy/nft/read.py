@@ -439,14 +439,14 @@ def _ranges(info: _SetInfo, raw: list[Attrs]) -> Iterable[tuple[bytes, bytes, At
 def table_names(sock: Socket, family: Family) -> set[str]:
     """The names of a family's tables."""
     return {
-        text(attributes(b)[TABLE_NAME]) for b in sock.dump(Message.GETTABLE, FAMILIES[family], {})
+        text(attributes(b)[TABLE_NAME]) for b in sock.bodies(Message.GETTABLE, FAMILIES[family], {})
     }
 
 
 def generation(sock: Socket) -> int:
     """The kernel's ruleset generation: every committed transaction, of any table
     and any program, moves it."""
-    (body,) = sock.dump(Message.GETGEN, 0, {}, dump=False)
+    (body,) = sock.bodies(Message.GETGEN, 0, {}, dump=False)
     return be32(attributes(body)[GEN_ID])
 
 

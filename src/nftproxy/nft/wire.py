@@ -183,18 +183,6 @@ class Socket:
         self._sequence = 0
         self._buffer = bytearray(1 << 20)
 
-    def dump(
-        self,
-        message: int,
-        family: int,
-        attrs: dict[int, bytes],
-        *,
-        dump: bool = True,
-        subsystem: int = NFNL_SUBSYS_NFTABLES,
-    ) -> list[bytes]:
-        """Every reply body of one request (a dump unless ``dump`` is false)."""
-        return list(self.bodies(message, family, attrs, dump=dump, subsystem=subsystem))
-
     def bodies(
         self,
         message: int,
