@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from helpers import NODE_FLAGS, endpoint, service, slice_
 
+from nftproxy import names
 from nftproxy.build import build
 from nftproxy.cleanup import cleanup
 from nftproxy.cli import main
@@ -757,3 +758,36 @@ def test_a_failed_stage_is_repaired_by_a_whole_load(lab: tuple[Lab, Libnftables]
     assert result.full
     assert in_sync(lab[1], rs)
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == set(EPS)
+
+
+def test_ipv6_clientip_affinity_keeps_the_endpoint() -> None:
+    """ClientIP affinity over IPv6: the set holds ``ip6 saddr . id``; a client keeps
+    its endpoint, and is recorded once, with that endpoint's id."""
+    eps = ("fd00:1::1", "fd00:1::2", "fd00:1::3")
+    client_addr = "fd00:10::2"
+    node = NodeConfig("node-a", (ipaddress.ip_address("2001:db8::2"),), (), ())
+    spec: dict[str, Any] = {
+        "clusterIP": "fd00:30::10",
+        "ipFamilies": ["IPv6"],
+        "sessionAffinity": "ClientIP",
+    }
+    docs = [
+        service("web", ports=PORTS[:1], **spec),
+        slice_("web", *map(endpoint, eps), ports=SLICE_PORTS[:1], family="IPv6"),
+    ]
+    with Lab("aff6") as lab_:
+        lab_.add_node_ip(ipaddress.ip_address("2001:db8::2"))
+        for addr in (client_addr, *eps):
+            lab_.add_host(ipaddress.ip_address(addr))
+        lab_.start_responders([80])
+        loaded = Loaded()
+        load_objects(iter(docs), "test", loaded)
+        sync(Libnftables(lab_.node), build(compute_state(loaded.objects, node)))
+        (got,) = reached(lab_, client_addr, "fd00:30::10", 80, tries=20)
+        listed = json.loads(in_ns(lab_.node, "nft", "-j", "list", "table", "ip6", "nftproxy"))
+        (held,) = [
+            o["set"] for o in listed["nftables"] if "affinity-" in o.get("set", {}).get("name", "")
+        ]
+        assert [e["elem"]["val"]["concat"] for e in held["elem"]] == [
+            [client_addr, names.endpoint_id(got, 80)]
+        ]
