@@ -8,7 +8,8 @@ from helpers import endpoint, service, slice_, state_of
 
 from nftproxy import names
 from nftproxy.build import build
-from nftproxy.nft.model import Element, Table
+from nftproxy.nft.model import Element, Family, Table
+from nftproxy.nft.render import render_rule
 
 
 def _table(*docs: dict[str, Any]) -> Table:
@@ -16,7 +17,8 @@ def _table(*docs: dict[str, Any]) -> Table:
 
 
 def _elements(table: Table, name: str) -> list[Element]:
-    return list(next(s for s in table.sets if s.name == name).elements)
+    """The elements of a set (none when the table has no such set)."""
+    return [e for s in table.sets if s.name == name for e in s.elements]
 
 
 def _cluster(n: int, endpoints: int = 3, **spec: Any) -> list[dict[str, Any]]:
@@ -30,12 +32,24 @@ def _cluster(n: int, endpoints: int = 3, **spec: Any) -> list[dict[str, Any]]:
 
 
 class TestShape:
-    def test_chains_do_not_grow_with_services(self) -> None:
-        """10 or 300 Services with 3 endpoints each: the same chains, only more elements."""
+    def test_chains_and_sets_do_not_grow_with_services(self) -> None:
+        """10 or 300 Services with 3 endpoints each: the same chains and sets, only
+        more elements."""
         small, large = _table(*_cluster(10)), _table(*_cluster(300))
         assert [c.name for c in small.chains] == [c.name for c in large.chains]
-        assert len(_elements(large, names.BACKENDS)) == 900
+        assert [s.name for s in small.sets] == [s.name for s in large.sets]
+        assert len(_elements(large, "backends-3")) == 900
         assert len(_elements(large, names.SERVICE_IPS)) == 300
+
+    def test_a_backends_map_per_endpoint_count(self) -> None:
+        """Services with 2 and with 3 endpoints: maps backends-2 and backends-3, each
+        used by its pick chain."""
+        table = _table(*_cluster(2))
+        two = _table(*_cluster(1, endpoints=2))
+        assert [s.name for s in table.sets if s.name.startswith("backends-")] == ["backends-3"]
+        assert [s.name for s in two.sets if s.name.startswith("backends-")] == ["backends-2"]
+        (pick,) = [c for c in two.chains if c.name == "pick-2"]
+        assert "@backends-2" in render_rule(pick.rules[0], Family.IP)
 
     def test_no_set_per_service_without_affinity(self) -> None:
         table = _table(*_cluster(50))
@@ -49,7 +63,7 @@ class TestShape:
         affinity = [s for s in table.sets if s.name.startswith("affinity-")]
         assert len(sticky) == 2 and len(affinity) == 2
         assert all(s.timeout == 10800 and s.dynamic for s in affinity)
-        assert not _elements(table, names.BACKENDS)
+        assert not [s for s in table.sets if s.name.startswith("backends-")]
 
 
 class TestVerdicts:

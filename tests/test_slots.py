@@ -9,27 +9,21 @@ from helpers import endpoint, service, slice_, state_of
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nftproxy import names
 from nftproxy.build import build
 from nftproxy.nft.model import Element, Family, Table
-from nftproxy.nft.transaction import AddElements, DeleteElements
-from nftproxy.slots import Slots, aligned
+from nftproxy.nft.transaction import AddElements, DeleteElements, DeleteSet
+from nftproxy.slots import Slots, aligned, is_backend_map
 from nftproxy.sync import desired_tables, plan_all
 
 NODE_PORT = [{"name": "p", "port": 80, "protocol": "TCP", "nodePort": 30080}]
 
 
 def _tables(addrs: list[str]) -> dict[Family, Table | None]:
-    """Service svc with addrs, beside Services of 49 and 51 endpoints: the chains
-    that pick among 49 and 51 exist already (a new one makes nft 1.0.6 load
-    ``backends`` anew, see plan.py)."""
+    """Service svc (ClusterIP and NodePort) with addrs."""
     docs: list[dict[str, Any]] = [
         service(type="NodePort", ports=NODE_PORT),
         slice_("svc", *(endpoint(a) for a in addrs)),
     ]
-    for n, ip in ((49, "172.30.0.49"), (51, "172.30.0.51")):
-        docs.append(service(f"o{n}", clusterIP=ip))
-        docs.append(slice_(f"o{n}", *(endpoint(f"10.2.{n}.{i}") for i in range(n))))
     return desired_tables(build(state_of(*docs)))
 
 
@@ -38,8 +32,10 @@ def _backend_changes(new: list[str], old: list[str]) -> Counter[str]:
     out: Counter[str] = Counter()
     for tx in plan_all(_tables(new), _tables(old)):
         for c in tx.changes:
-            if isinstance(c, (AddElements, DeleteElements)) and c.set.name == names.BACKENDS:
+            if isinstance(c, (AddElements, DeleteElements)) and is_backend_map(c.set.name):
                 out[type(c).__name__] += len(c.elements)
+            elif isinstance(c, DeleteSet) and is_backend_map(c.name):
+                out[f"DeleteSet {c.name}"] += 1
     return out
 
 
@@ -55,13 +51,18 @@ def test_a_replaced_endpoint_is_one_element_per_entry() -> None:
     }
 
 
-def test_a_removed_endpoint_moves_the_last_one_into_its_slot() -> None:
-    changes = _backend_changes(FIFTY[:20] + FIFTY[21:], FIFTY)
-    assert changes == {"DeleteElements": 4, "AddElements": 2}  # slot 20 refilled, slot 49 gone
-
-
-def test_an_added_endpoint_is_one_element_per_entry() -> None:
-    assert _backend_changes([*FIFTY, "10.0.0.1"], FIFTY) == {"AddElements": 2}
+def test_a_new_endpoint_count_moves_the_entries_to_its_map() -> None:
+    """One endpoint fewer or more: the Service's entries leave backends-50 (here
+    its only user, so the map goes) for backends-49 or backends-51 (a map per
+    count, see build.backend_map)."""
+    assert _backend_changes(FIFTY[:20] + FIFTY[21:], FIFTY) == {
+        "DeleteSet backends-50": 1,
+        "AddElements": 2 * 49,
+    }
+    assert _backend_changes([*FIFTY, "10.0.0.1"], FIFTY) == {
+        "DeleteSet backends-50": 1,
+        "AddElements": 2 * 51,
+    }
 
 
 def _elements(eps: list[str]) -> tuple[Element, ...]:
@@ -80,11 +81,11 @@ def test_aligned_numbers_every_endpoint_once_and_keeps_what_it_can(
     old = _elements([f"10.0.0.{i}" for i in before])
     new = _elements([f"10.0.0.{i}" for i in sorted(after)])
     held: Slots = {
-        (names.BACKENDS, ("172.30.0.10", "tcp", "80")): {
+        ("backends-9", ("172.30.0.10", "tcp", "80")): {
             e.value: int(e.key[-1]) for e in old if e.value
         }
     }
-    out = aligned(names.BACKENDS, new, held)
+    out = aligned("backends-9", new, held)
     assert sorted(int(e.key[-1]) for e in out) == list(range(len(new)))
     assert sorted(e.value for e in out if e.value) == sorted(e.value for e in new if e.value)
     kept = {e.value: e.key[-1] for e in old}

@@ -155,7 +155,7 @@ def test_drift_is_reported_and_repaired(lab: tuple[Lab, Libnftables]) -> None:
         "\n".join(
             [
                 f"delete rule ip nftproxy masquerading handle {first_rule.rsplit(' ', 1)[1]}",
-                "add element ip nftproxy backends { 172.30.0.10 . tcp . 80 . 7 : 10.9.9.9 . 80 }",
+                "add element ip nftproxy backends-2 { 172.30.0.10 . tcp . 80 . 7 : 10.9.9.9 . 80 }",
                 "flush chain ip nftproxy filter-forward",
                 "add element ip other s { 10.0.0.1 }",
             ]
@@ -169,7 +169,7 @@ def test_drift_is_reported_and_repaired(lab: tuple[Lab, Libnftables]) -> None:
         for d in differences(plan_all(desired, current), desired, current)
     }
     assert ("missing", "rule", "masquerading") in found
-    assert ("unexpected", "element", "backends") in found
+    assert ("unexpected", "element", "backends-2") in found
     assert ("missing", "rule", "filter-forward") in found
     result = sync(kernel, rs)
     assert in_sync(kernel, rs)
@@ -541,7 +541,7 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
     assert cp.stat().st_mode & 0o777 == 0o600
     saved = json.loads(cp.read_text())  # plain data: nothing in it is code
     assert saved["version"] == 3 and saved["generation"].startswith("gen:")
-    assert ["10.1.0.1", "80"] in [e[1] for e in saved["elements"]["ip/backends"]]
+    assert ["10.1.0.1", "80"] in [e[1] for e in saved["elements"]["ip/backends-2"]]
     assert list(tmp_path.iterdir()) == [cp]  # no temporary file left
     reader = _ReadsCounted(lab_.node)
     again = sync(reader, ruleset(*web(EPS[0], EPS[2])), checkpoint=cp)

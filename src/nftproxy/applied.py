@@ -234,16 +234,16 @@ class FamilyIndex:
     def _partial(
         self, elements: list[tuple[str, Element]], chains: list[Chain], sets: list[Set]
     ) -> Table:
-        """The fixed sets with the given elements added, the given chains and
-        affinity sets: a table limited to what a change touches."""
+        """The fixed sets and the given ports' sets with the given elements added,
+        and the given chains: a table limited to what a change touches."""
         by_set: dict[str, list[Element]] = {}
         for name, e in elements:
             by_set.setdefault(name, []).append(e)
-        fixed = tuple(
+        every = (
             replace(st, elements=(*st.elements, *by_set[st.name])) if st.name in by_set else st
-            for st in self.fixed.sets
+            for st in (*self.fixed.sets, *sets)
         )
-        return replace(self.fixed, chains=tuple(chains), sets=(*fixed, *sets))
+        return replace(self.fixed, chains=tuple(chains), sets=tuple(every))
 
     def commit(self, change: Change) -> None:
         """Record a change the kernel now holds."""

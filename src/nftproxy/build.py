@@ -5,8 +5,8 @@ state lives in a few named maps, never in per-Service chains or anonymous sets.
 A new connection costs the same at any cluster size: one lookup of
 ``daddr . l4proto . dport`` in ``service-ips`` picks a small shared chain that
 decides masquerading, then one lookup of ``daddr . l4proto . dport . random``
-in ``backends`` picks the endpoint. Only Services with session affinity get
-a chain and a dynamic set of their own.
+in ``backends-N`` (one map per endpoint count N) picks the endpoint. Only
+Services with session affinity get a chain and a dynamic set of their own.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ TUPLE: Key = (Field.DADDR, Field.L4PROTO, Field.DPORT)
 
 TUPLE_TYPE = (DataType.ADDR, DataType.PROTO, DataType.SERVICE)
 ENDPOINT_TYPE = (DataType.ADDR, DataType.SERVICE)
+BACKENDS_TYPE = (*TUPLE_TYPE, DataType.INDEX)
 AFFINITY_TYPE = (DataType.ADDR, DataType.INDEX)
 """An affinity set's key: the client, then the id of its endpoint (``names.endpoint_id``)."""
 AFFINITY_SIZE = 1 << 20
@@ -110,20 +111,6 @@ SETS = (
         (DataType.VERDICT,),
         False,
         "Service entries without usable endpoints: reject or drop",
-    ),
-    (
-        names.BACKENDS,
-        (*TUPLE_TYPE, DataType.INDEX),
-        ENDPOINT_TYPE,
-        False,
-        "entry and random index to endpoint",
-    ),
-    (
-        names.LOCAL_BACKENDS,
-        (*TUPLE_TYPE, DataType.INDEX),
-        ENDPOINT_TYPE,
-        False,
-        "entry and random index to a local endpoint (externalTrafficPolicy Local)",
     ),
     (names.CLUSTER_IPS, (DataType.ADDR,), (), False, "ClusterIPs of all Services"),
     (
@@ -198,7 +185,9 @@ class _TableBuilder:
         self.node = node
         self.elements: dict[str, list[Element]] = defaultdict(list)
         self.chains: dict[str, Chain] = {}
-        self.affinity_sets: dict[str, Set] = {}
+        self.port_sets: dict[str, Set] = {}
+        """Sets that Service ports bring: affinity sets, and a backends map per
+        endpoint count."""
         self._targets: dict[Endpoint, tuple[str, str]] = {}
 
     def element(
@@ -241,8 +230,9 @@ class _TableBuilder:
         """The chain that DNATs a new connection to one endpoint of group."""
         if sp.affinity_timeout is not None:
             return self.sticky(sp, group, local=local)
+        endpoints = self.backend_map(backends, len(group))
         for i, ep in enumerate(group):
-            self.elements[backends].append(Element((*key, _index_text(i)), self.target(ep)))
+            self.elements[endpoints].append(Element((*key, _index_text(i)), self.target(ep)))
         prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
         name = f"{prefix}-{len(group)}"
         if name in self.chains:
@@ -252,10 +242,29 @@ class _TableBuilder:
             name,
             (
                 Match((Field.L4PROTO,), ALL_PROTOCOLS),
-                DnatMap((*TUPLE, Numgen(len(group))), backends),
+                DnatMap((*TUPLE, Numgen(len(group))), endpoints),
             ),
-            comment=f"one of {len(group)} endpoints at random, from @{backends}",
+            comment=f"one of {len(group)} endpoints at random, from @{endpoints}",
         )
+
+    def backend_map(self, kind: str, n: int) -> str:
+        """The map of the entries with n endpoints (``backends-3``): one per endpoint
+        count, so that a Service reaching a count no other has brings a new map in
+        the same transaction as its ``pick-N`` chain. (nft 1.0.6 refuses a new
+        ``dnat ... map`` rule on a map an earlier transaction made, so one shared
+        map had to be loaded anew: 7 s and 540 MB at 250,000 endpoints.)"""
+        name = f"{kind}-{n}"
+        local = " local" if kind == names.LOCAL_BACKENDS else ""
+        self.port_sets.setdefault(
+            name,
+            Set(
+                name,
+                BACKENDS_TYPE,
+                ENDPOINT_TYPE,
+                comment=f"entry and random index to one of {n}{local} endpoints",
+            ),
+        )
+        return name
 
     def sticky(self, sp: ServicePort, group: tuple[Endpoint, ...], *, local: bool) -> str:
         """A chain of sessionAffinity ClientIP: a client keeps its endpoint until timeout.
@@ -283,7 +292,7 @@ class _TableBuilder:
     def affinity_set(self, sp: ServicePort) -> str:
         """The Service port's affinity set (shared by its cluster and local chains)."""
         name = fit(f"affinity-{names.hashed(str(sp.name))}")
-        self.affinity_sets.setdefault(
+        self.port_sets.setdefault(
             name,
             Set(
                 name,
@@ -481,13 +490,13 @@ class _TableBuilder:
             )
             for name, key, value, interval, comment in SETS
         ]
-        return fixed + sorted(self.affinity_sets.values(), key=lambda s: s.name)
+        return fixed + sorted(self.port_sets.values(), key=lambda s: s.name)
 
 
 @dataclass(frozen=True)
 class Fragment:
-    """What some Service ports add to a table: elements by set, the chains they use
-    (shared ones like ``pick-3`` included) and their affinity sets."""
+    """What some Service ports add to a table: elements by set, the chains and the
+    sets they use (shared ones like ``pick-3`` and ``backends-3`` included)."""
 
     elements: dict[str, tuple[Element, ...]]
     chains: dict[str, Chain]
@@ -499,9 +508,7 @@ def fragment(node: FamilyNode, ports: Iterable[ServicePort]) -> Fragment:
     b = _TableBuilder(node)
     for sp in ports:
         b.service_port(sp)
-    return Fragment(
-        {name: unique(els) for name, els in b.elements.items()}, b.chains, b.affinity_sets
-    )
+    return Fragment({name: unique(els) for name, els in b.elements.items()}, b.chains, b.port_sets)
 
 
 def fixed_table(node: FamilyNode) -> Table:
@@ -520,7 +527,7 @@ def fixed_table(node: FamilyNode) -> Table:
 
 def assemble(fixed: Table, fragments: Iterable[Fragment]) -> Table:
     """The fixed table with fragments merged in (elements unique by key, chains and
-    affinity sets by name)."""
+    the ports' sets by name)."""
     elements: dict[str, list[Element]] = defaultdict(list)
     chains = {c.name: c for c in fixed.chains if c.base is None}
     extra: dict[str, Set] = {}
@@ -533,9 +540,8 @@ def assemble(fixed: Table, fragments: Iterable[Fragment]) -> Table:
         s
         if not elements.get(s.name)
         else replace(s, elements=unique((*s.elements, *elements[s.name])))
-        for s in fixed.sets
+        for s in (*fixed.sets, *sorted(extra.values(), key=lambda s: s.name))
     ]
-    sets += sorted(extra.values(), key=lambda s: s.name)
     bases = tuple(c for c in fixed.chains if c.base is not None)
     return replace(fixed, chains=(*chains.values(), *bases), sets=tuple(sets))
 

@@ -33,7 +33,7 @@ from nftproxy.pipeline import with_node
 from nftproxy.plan import Summary
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.metrics import Metrics
-from nftproxy.slots import table_slots
+from nftproxy.slots import is_backend_map, table_slots
 from nftproxy.state import ProxyState, ServicePort, compute_state, serving_flows
 from nftproxy.sync import (
     FAMILIES,
@@ -104,15 +104,14 @@ def owners(changes: Changes) -> set[OwnerKey]:
     return {("Service", *k) for k in changes.services} | {("Pod", *k) for k in changes.pods}
 
 
-def replaces_a_fixed_set(txs: tuple[Transaction, ...], fixed: set[str]) -> bool:
-    """Whether a plan makes a fixed set anew (nft 1.0.6 forces it for a new DNAT-map
-    rule): that needs all of its elements, so not a partial sync's."""
-    return any(
-        (isinstance(c, DeleteSet) and c.name in fixed)
-        or (isinstance(c, AddSet) and c.set.name in fixed)
-        for tx in txs
-        for c in tx.changes
-    )
+def replaces_a_shared_set(txs: tuple[Transaction, ...], fixed: set[str]) -> bool:
+    """Whether a plan makes a fixed set or a backends map anew (nft 1.0.6 forces it
+    when a ``dnat ... map`` rule is written against a map an earlier transaction
+    made): that needs all of its elements, other owners' too, so not a partial
+    sync's."""
+    deleted = {c.name for tx in txs for c in tx.changes if isinstance(c, DeleteSet)}
+    added = {c.set.name for tx in txs for c in tx.changes if isinstance(c, AddSet)}
+    return bool((deleted | added) & fixed) or any(map(is_backend_map, deleted & added))
 
 
 class Loop:
@@ -295,7 +294,7 @@ class Loop:
         desired = {f: planned[f].desired if was[f] else None for f in FAMILIES}
         txs = plan_all(desired, current)
         fixed = {st.name for idx in self.index.values() for st in idx.fixed.sets}
-        if replaces_a_fixed_set(txs, fixed):
+        if replaces_a_shared_set(txs, fixed):
             return None
         ruleset = Ruleset(tuple(t for t in desired.values() if t is not None))
         if not txs:

@@ -1,7 +1,7 @@
-"""Endpoints keep their slots in ``backends``, so one endpoint changed is one element.
+"""Endpoints keep their slots in ``backends-N``, so one endpoint replaced is one element.
 
-``backends`` maps ``entry . index`` to an endpoint, the index a random number in
-[0, n). The builder numbers a group's endpoints in sorted order, so a new Pod
+``backends-N`` maps ``entry . index`` to an endpoint, the index a random number in
+[0, N). The builder numbers a group's endpoints in sorted order, so a new Pod
 whose address sorts first would move every other endpoint one slot on: 50
 element changes for one endpoint at 50 endpoints, per entry. Which endpoint has
 which slot does not matter to the traffic (each is 1/n), so before a plan the
@@ -18,7 +18,11 @@ from dataclasses import replace
 from nftproxy import names
 from nftproxy.nft.model import Element, Family, Set, Table, Value
 
-BACKEND_MAPS = frozenset({names.BACKENDS, names.LOCAL_BACKENDS})
+
+def is_backend_map(name: str) -> bool:
+    """Whether a set is a backends map (``backends-N``, ``local-backends-N``)."""
+    return name.startswith((f"{names.BACKENDS}-", f"{names.LOCAL_BACKENDS}-"))
+
 
 Slots = dict[tuple[str, tuple[str, ...]], dict[Value, int]]
 """``(map name, entry)`` -> endpoint -> its slot, as some table holds them."""
@@ -27,7 +31,7 @@ Slots = dict[tuple[str, tuple[str, ...]], dict[Value, int]]
 def slots_of(sets: Mapping[str, Iterable[Element]]) -> Slots:
     """The slots the backend maps among sets (by name) give each endpoint."""
     out: Slots = {}
-    for name in BACKEND_MAPS & sets.keys():
+    for name in filter(is_backend_map, sets):
         for e in sets[name]:
             if e.value is not None:
                 out.setdefault((name, e.key[:-1]), {})[e.value] = int(e.key[-1])
@@ -38,7 +42,7 @@ def table_slots(table: Table | None) -> Slots:
     """The slots a table's backend maps hold (none for no table)."""
     if table is None:
         return {}
-    return slots_of({s.name: s.elements for s in table.sets if s.name in BACKEND_MAPS})
+    return slots_of({s.name: s.elements for s in table.sets if is_backend_map(s.name)})
 
 
 def aligned(name: str, elements: tuple[Element, ...], slots: Slots) -> tuple[Element, ...]:
@@ -77,14 +81,14 @@ def align_elements(
 ) -> dict[str, tuple[Element, ...]]:
     """Elements by set name, the backend maps' aligned to slots."""
     return {
-        name: aligned(name, els, slots) if name in BACKEND_MAPS and slots else els
+        name: aligned(name, els, slots) if slots and is_backend_map(name) else els
         for name, els in elements.items()
     }
 
 
 def align_set(s: Set, slots: Slots) -> Set:
     """A set aligned to slots (unchanged unless it is a backend map)."""
-    if s.name not in BACKEND_MAPS or not slots:
+    if not slots or not is_backend_map(s.name):
         return s
     return replace(s, elements=aligned(s.name, s.elements, slots))
 

@@ -47,7 +47,7 @@ from nftproxy.nft.transaction import (
 from nftproxy.plan import Summary, plan, summarize
 from nftproxy.reach import reach_all
 from nftproxy.report import Difference, differences
-from nftproxy.slots import align_tables
+from nftproxy.slots import align_tables, is_backend_map
 
 FAMILIES = (Family.IP, Family.IP6)
 
@@ -165,7 +165,8 @@ def plan_all(
     return tuple(tx for tx in txs if tx)
 
 
-_ENTRY_MAPS = {names.SERVICE_IPS, names.BACKENDS, names.LOCAL_BACKENDS, names.NO_ENDPOINT_SERVICES}
+_ENTRY_MAPS = {names.SERVICE_IPS, names.NO_ENDPOINT_SERVICES}
+"""Besides the backends maps: the maps keyed by a Service entry."""
 
 
 def _touched(txs: tuple[Transaction, ...]) -> tuple[set[EntryKey], set[str]]:
@@ -174,7 +175,9 @@ def _touched(txs: tuple[Transaction, ...]) -> tuple[set[EntryKey], set[str]]:
     chains: set[str] = set()
     for tx in txs:
         for c in tx.changes:
-            if isinstance(c, (AddElements, DeleteElements)) and c.set.name in _ENTRY_MAPS:
+            if isinstance(c, (AddElements, DeleteElements)) and (
+                c.set.name in _ENTRY_MAPS or is_backend_map(c.set.name)
+            ):
                 keys.update((e.key[1], e.key[0], int(e.key[2])) for e in c.elements)
             elif isinstance(c, (AddChain, DeleteChain, FlushChain)):
                 chains.add(c.chain.name if isinstance(c, AddChain) else c.name)
