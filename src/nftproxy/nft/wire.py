@@ -9,7 +9,6 @@ moves bytes. Constants are the kernel's, from ``linux/netfilter/nf_tables.h``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -200,31 +199,29 @@ class Socket:
         self._sock.send(
             request(message, family, attrs, self._sequence, dump=dump, subsystem=subsystem)
         )
-        state = {"done": False}
-        interrupted = False
+        done = interrupted = False
         try:
-            while not state["done"]:
-                got = self._next_replies(state)
-                interrupted = interrupted or got.interrupted
+            while not done:
+                try:
+                    got = self._next_replies()
+                except NetlinkError:
+                    done = True  # an error reply ends the request
+                    raise
+                done, interrupted = got.done, interrupted or got.interrupted
                 yield from got.bodies
         finally:
-            while not state["done"]:  # the caller stopped early: read the dump to its end
-                with contextlib.suppress(NetlinkError):
-                    self._next_replies(state)
+            while not done:  # the caller stopped early: read the dump to its end
+                try:
+                    done = self._next_replies().done
+                except NetlinkError:
+                    done = True
         if interrupted:
             raise DumpInterruptedError
 
-    def _next_replies(self, state: dict[str, bool]) -> Replies:
-        """The next read of the current request's replies; state["done"] is set at
-        its end, an error reply included (raised as NetlinkError)."""
+    def _next_replies(self) -> Replies:
+        """The next read of the current request's replies (an error reply raises)."""
         size = self._sock.recv_into(self._buffer)
-        try:
-            got = replies(bytes(self._buffer[:size]), self._sequence)
-        except NetlinkError:
-            state["done"] = True
-            raise
-        state["done"] = got.done
-        return got
+        return replies(bytes(self._buffer[:size]), self._sequence)
 
     def close(self) -> None:
         """Close the socket."""
