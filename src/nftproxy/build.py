@@ -169,8 +169,8 @@ def unique(elements: Iterable[Element]) -> tuple[Element, ...]:
     return tuple(first.values())
 
 
-_index_text = functools.cache(str)
-"""``str(n)`` for a backends index or a port, made once per number."""
+_number_text = functools.cache(str)
+"""``str(n)`` for a backends index or a port: each number's text made once."""
 
 
 def fit(name: str) -> str:
@@ -213,7 +213,7 @@ class _TableBuilder:
         is read back into shares them."""
         text = self._targets.get(ep)
         if text is None:
-            text = self._targets[ep] = (sys.intern(str(ep.addr)), _index_text(ep.port))
+            text = self._targets[ep] = (sys.intern(str(ep.addr)), _number_text(ep.port))
         return text
 
     # -- endpoint selection -------------------------------------------------
@@ -232,7 +232,7 @@ class _TableBuilder:
             return self.sticky(sp, group, local=local)
         endpoints = self.backend_map(backends, len(group))
         for i, ep in enumerate(group):
-            self.elements[endpoints].append(Element((*key, _index_text(i)), self.target(ep)))
+            self.elements[endpoints].append(Element((*key, _number_text(i)), self.target(ep)))
         prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
         name = f"{prefix}-{len(group)}"
         if name in self.chains:
@@ -373,7 +373,7 @@ class _TableBuilder:
     # -- entries ------------------------------------------------------------
 
     def entry(self, sp: ServicePort, entry: Entry) -> None:
-        key = (sys.intern(str(entry.addr)), sp.protocol.value, _index_text(entry.port))
+        key = (sys.intern(str(entry.addr)), sp.protocol.value, _number_text(entry.port))
         comment = names.comment(str(sp.name))
         if entry.kind == EntryKind.CLUSTER_IP:
             self.element(names.CLUSTER_IPS, key[:1])
