@@ -46,11 +46,23 @@ FEATURES = {
 def missing_features(
     kernel: Libnftables | None = None, features: dict[str, str] = FEATURES
 ) -> list[tuple[str, str]]:
-    """(feature, error) for every feature this kernel refuses; empty when all work."""
+    """(feature, error) for every feature this kernel refuses; empty when all work.
+
+    All are checked in one dry run first (one table each); only when that is
+    refused is each checked alone, to name the missing ones."""
     k = kernel or Libnftables()
+    scripts = {
+        name: f"table ip {PROBE}-{n} {{\n{body}\n}}\n"
+        for n, (name, body) in enumerate(features.items())
+    }
+    try:
+        k.check("".join(scripts.values()))
+    except NftError:
+        pass
+    else:
+        return []
     missing = []
-    for name, body in features.items():
-        script = f"table ip {PROBE} {{\n{body}\n}}\n"
+    for name, script in scripts.items():
         try:
             k.check(script)
         except NftError as err:
