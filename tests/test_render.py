@@ -28,10 +28,11 @@ from nftproxy.nft.render import (
     render_batch,
     render_rule,
     render_script,
-    render_stages,
     render_table,
 )
-from nftproxy.nft.transaction import Batch
+from nftproxy.nft.stages import ElementStage, load_stages
+from nftproxy.nft.transaction import AddElements, Batch
+from nftproxy.nft.write import writable
 
 
 def test_rule_terms() -> None:
@@ -91,15 +92,29 @@ def _elements_in(script: str) -> int:
     return sum(line.count(", ") + 1 for line in script.splitlines() if "add element" in line)
 
 
+def _written(stage: ElementStage) -> list[AddElements]:
+    return [c for tx in stage.transactions for c in tx.changes if isinstance(c, AddElements)]
+
+
 def test_a_fresh_load_is_staged_and_every_element_goes_once() -> None:
     """The first stage declares the tables dormant with empty sets; the elements
-    follow in stages of at most per_stage; the last stage wakes the tables."""
-    rs = build(state_of(service(), slice_("svc", *(endpoint(f"10.1.0.{i}") for i in range(9)))))
+    follow in stages of at most per_stage (nft's scripts for interval sets, netlink
+    for the others); the last stage wakes the tables."""
+    docs = (service(), slice_("svc", *(endpoint(f"10.1.0.{i}") for i in range(9))))
+    rs = build(state_of(*docs))
     whole = Batch("nftproxy", load=rs)
-    assert render_stages(whole, 4) == [render_batch(whole)]  # not fresh: one script
-    first, *middle, last = render_stages(Batch("nftproxy", load=rs, fresh=True), 4)
-    assert "flags dormant" in first and "elements =" not in first
-    assert all(_elements_in(stage) <= 4 for stage in middle)
-    total = sum(len(st.elements) for t in rs.tables for st in t.sets)
-    assert sum(map(_elements_in, middle)) == total > 4
-    assert last.startswith("add table ip nftproxy\n")
+    assert load_stages(whole, 4) == [render_batch(whole)]  # not fresh: one script
+    first, *middle, last = load_stages(Batch("nftproxy", load=rs, fresh=True), 4)
+    assert isinstance(first, str) and "flags dormant" in first and "elements =" not in first
+    scripts = [stage for stage in middle if isinstance(stage, str)]
+    netlink = [stage for stage in middle if isinstance(stage, ElementStage)]
+    assert scripts and netlink
+    assert all(_elements_in(stage) <= 4 for stage in scripts)
+    assert all(sum(len(c.elements) for c in _written(stage)) <= 4 for stage in netlink)
+    by_netlink = {c.set.name for stage in netlink for c in _written(stage)}
+    with_elements = [st for t in rs.tables for st in t.sets if st.elements]
+    assert {st.name for st in with_elements if writable(st)} == by_netlink
+    total = sum(len(st.elements) for st in with_elements)
+    written = sum(len(c.elements) for stage in netlink for c in _written(stage))
+    assert sum(map(_elements_in, scripts)) + written == total > 4
+    assert isinstance(last, str) and last.startswith("add table ip nftproxy\n")

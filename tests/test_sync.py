@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect, namespace
 from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.model import Family, Ruleset, VerdictKind
+from nftproxy.nft.stages import ElementStage, Stage
+from nftproxy.nft.transaction import AddElements, Batch
 from nftproxy.report import differences
 from nftproxy.state import compute_state, serving_flows
 from nftproxy.sync import (
@@ -713,8 +716,9 @@ def test_a_new_affinity_timeout_reaches_the_chain_comment(lab: tuple[Lab, Libnft
 
 
 class _Staged(Libnftables):
-    """Loads in stages of 4 elements; records each script and whether the table
-    was dormant after it; with ``fail_at``, that script carries a refused command."""
+    """Loads in stages of 4 elements; records each stage's kind and whether the
+    table was dormant after it; with ``fail_at``, that stage is refused (a script
+    carries a bad command, netlink names a set that is not there)."""
 
     stage_elements = 4
 
@@ -722,14 +726,31 @@ class _Staged(Libnftables):
         super().__init__(netns)
         self.fail_at = fail_at
         self.dormant: list[bool] = []
+        self.kinds: list[str] = []
+        self.refused: list[str] = []
 
-    def run(self, script: str) -> None:
+    def stage(self, stage: Stage) -> None:
         if self.fail_at == len(self.dormant):
             self.fail_at = None
-            script += "add rule ip nftproxy no-such-chain drop\n"
-        super().run(script)
+            stage = _refused(stage)
+        self.kinds.append("script" if isinstance(stage, str) else "netlink")
+        try:
+            super().stage(stage)
+        except NftError:
+            self.refused.append(self.kinds[-1])
+            raise
         table = self.read_table(Family.IP, "nftproxy", elements=False)
         self.dormant.append(table is not None and table.dormant)
+
+
+def _refused(stage: Stage) -> Stage:
+    if isinstance(stage, str):
+        return stage + "add rule ip nftproxy no-such-chain drop\n"
+    tx, *rest = stage.transactions
+    change = tx.changes[0]
+    assert isinstance(change, AddElements)
+    missing = replace(change, set=replace(change.set, name="no-such-set"))
+    return ElementStage((replace(tx, changes=(*tx.changes, missing)), *rest))
 
 
 def test_a_fresh_load_goes_in_stages_behind_a_dormant_table(
@@ -751,10 +772,18 @@ def test_a_fresh_load_goes_in_stages_behind_a_dormant_table(
     assert kernel.dormant == [False]
 
 
-def test_a_failed_stage_is_repaired_by_a_whole_load(lab: tuple[Lab, Libnftables]) -> None:
+@pytest.mark.parametrize("kind", ["script", "netlink"])
+def test_a_failed_stage_is_repaired_by_a_whole_load(
+    lab: tuple[Lab, Libnftables], kind: str
+) -> None:
     lab_, _ = lab
     rs = ruleset(*web(*EPS))
-    result = sync_with_retries(_Staged(lab_.node, fail_at=2), rs)
+    probe = _Staged(lab_.node)
+    probe.apply(Batch("nftproxy", load=rs, fresh=True))
+    assert cleanup(probe)
+    staged = _Staged(lab_.node, fail_at=probe.kinds.index(kind, 1))
+    result = sync_with_retries(staged, rs)
+    assert staged.refused == [kind]  # the stage was refused, and the whole load retried
     assert result.full
     assert in_sync(lab[1], rs)
     assert reached(lab_, CLIENT, "172.30.0.10", 80) == set(EPS)

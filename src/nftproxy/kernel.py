@@ -26,9 +26,10 @@ from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.conntrack import StalePlan, delete_stale
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, generation, table_names
-from nftproxy.nft.render import STAGE_ELEMENTS, render_stages
+from nftproxy.nft.stages import STAGE_ELEMENTS, ElementStage, Stage, load_stages
 from nftproxy.nft.transaction import Batch
-from nftproxy.nft.wire import Socket
+from nftproxy.nft.wire import Message, NetlinkError, Socket
+from nftproxy.nft.write import requests
 
 
 class ErrorKind(StrEnum):
@@ -168,9 +169,26 @@ class Libnftables:
 
     def apply(self, batch: Batch) -> None:
         """Apply a sync's batch: rendered to nft's syntax, run as one transaction
-        (a fresh load: as several, see :func:`~nftproxy.nft.render.render_stages`)."""
-        for script in render_stages(batch, self.stage_elements):
-            self.run(script)
+        (a fresh load: as several, see :mod:`nftproxy.nft.stages`)."""
+        for stage in load_stages(batch, self.stage_elements):
+            self.stage(stage)
+
+    def stage(self, stage: Stage) -> None:
+        """Run one stage of a batch as one transaction."""
+        if isinstance(stage, ElementStage):
+            self.write_elements(stage)
+        else:
+            self.run(stage)
+
+    def write_elements(self, stage: ElementStage) -> None:
+        """Add elements over netlink as one transaction (no nft parser: a fresh
+        load's elements, see :mod:`nftproxy.nft.write`)."""
+        try:
+            sent = [r for tx in stage.transactions for r in requests(tx)]
+            self._sock.transact(Message.NEWSETELEM, sent)
+        except (OSError, ValueError) as err:  # NetlinkError is an OSError
+            text = err.strerror if isinstance(err, NetlinkError) else str(err)
+            raise NftError(classify(text or str(err)), f"adding set elements: {err}") from err
 
     def run(self, script: str) -> None:
         """Run a script as one atomic transaction.

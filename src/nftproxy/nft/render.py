@@ -333,55 +333,6 @@ def render_transaction(tx: Transaction) -> str:
     return "".join(render_change(c, tx.family, tx.table) + "\n" for c in tx.changes)
 
 
-STAGE_ELEMENTS = 25_000
-"""Elements per stage of a staged load: nft needs about 60 MB for each stage."""
-
-
-def render_stages(batch: Batch, per_stage: int = STAGE_ELEMENTS) -> list[str]:
-    """A batch as the scripts to run one after another, each one transaction.
-
-    A whole ruleset loaded into a kernel that holds none of our tables (``fresh``)
-    goes in stages, so nft's memory is bounded (5,000 Services x 50 endpoints in
-    one script: 960 MB, in stages of 25,000 elements: 150 MB) and the load is
-    faster: first the tables, dormant (no hook sees them), with their chains and
-    empty sets; then the elements; then the tables are woken in one transaction,
-    so traffic still sees one switch. Any other batch is one script."""
-    if batch.load is None or not batch.fresh:
-        return [render_batch(batch)]
-    tables = batch.load.tables
-    empty = tuple(
-        dataclasses.replace(t, dormant=True, sets=tuple(_without_elements(st) for st in t.sets))
-        for t in tables
-    )
-    structure = render_script(dataclasses.replace(batch.load, tables=empty), batch.table)
-    wake = [Transaction(t.family, batch.table, (WakeTable(),)) for t in tables]
-    woken = "".join(map(render_transaction, [*wake, *batch.after]))
-    return [structure, *_element_stages(tables, batch.table, per_stage), woken]
-
-
-def _without_elements(s: Set) -> Set:
-    return dataclasses.replace(s, elements=())
-
-
-def _element_stages(tables: Iterable[Table], table_name: str, per_stage: int) -> Iterator[str]:
-    """The tables' elements as scripts of at most per_stage elements each."""
-    stage: list[Transaction] = []
-    room = per_stage
-    for t in tables:
-        for st in t.sets:
-            start = 0
-            while start < len(st.elements):
-                part = st.elements[start : start + room]
-                stage.append(Transaction(t.family, table_name, (AddElements(st, part),)))
-                start += len(part)
-                room -= len(part)
-                if room == 0:
-                    yield "".join(map(render_transaction, stage))
-                    stage, room = [], per_stage
-    if stage:
-        yield "".join(map(render_transaction, stage))
-
-
 def render_batch(batch: Batch) -> str:
     """A batch as the one script libnftables runs."""
     body = (

@@ -132,4 +132,4 @@ class Batch:
     after: tuple[Transaction, ...] = ()
     fresh: bool = False
     """The kernel holds none of our tables: a load may go in stages (the tables
-    dormant until the last one), see :func:`nftproxy.nft.render.render_stages`."""
+    dormant until the last one), see :mod:`nftproxy.nft.stages`."""

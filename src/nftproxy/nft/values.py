@@ -1,7 +1,8 @@
-"""Kernel bytes to the text nftproxy's objects hold: addresses, protocols, ports, ranges.
+"""Kernel bytes to the text nftproxy's objects hold, and back: addresses, protocols,
+ports, ranges.
 
-One function per direction of reading; used for set elements and for the
-constants in rules. The text is what :mod:`nftproxy.build` writes (canonical
+Used for set elements and for the constants in rules (:func:`scalar` reads,
+:func:`pack` writes what it reads). The text is what :mod:`nftproxy.build` writes (canonical
 addresses, protocol names, decimal ports), so read-back objects compare equal.
 """
 
@@ -23,6 +24,7 @@ DATATYPES = {
     13: DataType.SERVICE,
 }
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
 ADDR_SIZE = {Family.IP: 4, Family.IP6: 16}
 _SIZES = {DataType.PROTO: 1, DataType.SERVICE: 2, DataType.INDEX: 4}
 
@@ -67,6 +69,24 @@ def scalar(kind: DataType, family: Family, data: bytes) -> str:
         return str(int.from_bytes(data[:2], "big"))
     if kind == DataType.INDEX:  # numgen writes host byte order
         return str(int.from_bytes(data[:4], "little"))
+    raise UnknownTypeError(kind)
+
+
+def pack(kind: DataType, family: Family, text: str) -> bytes:
+    """One component's bytes, unpadded: the inverse of :func:`scalar`. Text the
+    kernel could not hold raises ValueError."""
+    try:
+        if kind == DataType.ADDR:
+            return socket.inet_pton(FAMILIES[family], text)
+        if kind == DataType.PROTO:
+            number = PROTOCOL_NUMBERS.get(text)
+            return (number if number is not None else int(text)).to_bytes(1, "big")
+        if kind == DataType.SERVICE:
+            return int(text).to_bytes(2, "big")
+        if kind == DataType.INDEX:
+            return int(text).to_bytes(4, "little")
+    except (OSError, ValueError, OverflowError) as err:
+        raise ValueError(f"not a {kind.value} of {family.value}: {text!r}") from err
     raise UnknownTypeError(kind)
 
 
