@@ -248,6 +248,7 @@ def summarize(tx: Transaction) -> Summary:
     added: set[tuple[str, ...]] = set()
     removed: set[tuple[str, ...]] = set()
     rewritten: set[str] = set()
+    elements = _element_counts(tx)
     for c in tx.changes:
         if isinstance(c, (AddTable, DeleteTable, WakeTable)):
             if not isinstance(c, DeleteTable):
@@ -264,9 +265,27 @@ def summarize(tx: Transaction) -> Summary:
             removed.add(("chain", c.name))
         elif isinstance(c, FlushChain):
             rewritten.add(c.name)
-        elif isinstance(c, (AddElements, DeleteElements)):
-            bucket = added if isinstance(c, AddElements) else removed
-            bucket.update(("element", c.set.name, *e.key) for e in c.elements)
     changed = added & removed
     changed_chains = {("chain", n) for n in rewritten} - removed - added
-    return Summary(len(added - changed), len(changed) + len(changed_chains), len(removed - changed))
+    objects = Summary(
+        len(added - changed), len(changed) + len(changed_chains), len(removed - changed)
+    )
+    return objects + elements
+
+
+def _element_counts(tx: Transaction) -> Summary:
+    """The elements a transaction adds, changes (deletes and adds again) and removes.
+    A set's keys are its own: no change lists one twice, so only a set that both
+    loses and gains elements needs its keys compared (a fresh load: none does)."""
+    adds: dict[str, list[tuple[str, ...]]] = {}
+    deletes: dict[str, list[tuple[str, ...]]] = {}
+    for c in tx.changes:
+        if isinstance(c, (AddElements, DeleteElements)):
+            bucket = adds if isinstance(c, AddElements) else deletes
+            bucket.setdefault(c.set.name, []).extend(e.key for e in c.elements)
+    total = Summary()
+    for name in adds.keys() | deletes.keys():
+        plus, minus = adds.get(name, []), deletes.get(name, [])
+        both = len(set(plus) & set(minus)) if plus and minus else 0
+        total += Summary(len(plus) - both, both, len(minus) - both)
+    return total
