@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -29,7 +30,6 @@ from nftproxy.nft.read import TableReader, generation, table_names
 from nftproxy.nft.stages import STAGE_ELEMENTS, ElementStage, Stage, load_stages
 from nftproxy.nft.transaction import Batch
 from nftproxy.nft.wire import Message, NetlinkError, Socket
-from nftproxy.nft.write import requests
 
 
 class ErrorKind(StrEnum):
@@ -141,6 +141,14 @@ def in_netns(netns: str | None) -> Iterator[None]:
         os.close(home)
 
 
+def _encode(stages: list[Stage]) -> None:
+    """Encode the element stages among stages now (an error waits for the stage)."""
+    for stage in stages:
+        if isinstance(stage, ElementStage):
+            with contextlib.suppress(ValueError):
+                stage.requests  # noqa: B018 - computed and kept for when it runs
+
+
 class Libnftables:
     """The real kernel, through Debian's libnftables binding.
 
@@ -170,7 +178,17 @@ class Libnftables:
     def apply(self, batch: Batch) -> None:
         """Apply a sync's batch: rendered to nft's syntax, run as one transaction
         (a fresh load: as several, see :mod:`nftproxy.nft.stages`)."""
-        for stage in load_stages(batch, self.stage_elements):
+        first, *rest = load_stages(batch, self.stage_elements)
+        if rest:  # nft loads the first while the elements of the rest are encoded
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                running = pool.submit(self.stage, first)
+                try:
+                    _encode(rest)
+                finally:
+                    running.result()
+        else:
+            self.stage(first)
+        for stage in rest:
             self.stage(stage)
 
     def stage(self, stage: Stage) -> None:
@@ -184,8 +202,7 @@ class Libnftables:
         """Add elements over netlink as one transaction (no nft parser: a fresh
         load's elements, see :mod:`nftproxy.nft.write`)."""
         try:
-            sent = [r for tx in stage.transactions for r in requests(tx)]
-            self._sock.transact(Message.NEWSETELEM, sent)
+            self._sock.transact(Message.NEWSETELEM, stage.requests)
         except (OSError, ValueError) as err:  # NetlinkError is an OSError
             text = err.strerror if isinstance(err, NetlinkError) else str(err)
             raise NftError(classify(text or str(err)), f"adding set elements: {err}") from err

@@ -12,13 +12,14 @@ parser: they go over netlink. Any other batch is one script.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from nftproxy.nft.model import Set, Table
 from nftproxy.nft.render import render_batch, render_script, render_transaction
 from nftproxy.nft.transaction import AddElements, Batch, Transaction, WakeTable
-from nftproxy.nft.write import writable
+from nftproxy.nft.write import requests, writable
 
 STAGE_ELEMENTS = 25_000
 """Elements per stage: nft needs about 60 MB for a stage of this many."""
@@ -29,6 +30,12 @@ class ElementStage:
     """Elements written over netlink as one transaction (:mod:`nftproxy.nft.write`)."""
 
     transactions: tuple[Transaction, ...]
+
+    @functools.cached_property
+    def requests(self) -> list[tuple[int, bytes]]:
+        """The netlink requests, encoded once (text the kernel cannot hold raises
+        ValueError)."""
+        return [r for tx in self.transactions for r in requests(tx)]
 
 
 Stage = str | ElementStage
