@@ -12,10 +12,13 @@ wrote.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import operator
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from nftproxy.nft import values
 from nftproxy.nft.expressions import VERDICTS
@@ -48,9 +51,6 @@ MESSAGE_BYTES = 60_000
 _CODES = {kind: code for code, kind in VERDICTS.items()}
 _KNOWN = frozenset({DataType.ADDR, DataType.PROTO, DataType.SERVICE, DataType.INDEX})
 
-Encoder = Callable[[tuple[str, ...]], bytes]
-
-
 def writable(s: Set) -> bool:
     """Whether this set's elements can be written here (else nft writes them)."""
     value_known = set(s.value) <= _KNOWN or s.value == (DataType.VERDICT,)
@@ -66,48 +66,60 @@ def requests(tx: Transaction) -> Iterator[tuple[int, bytes]]:
         head = attr(ELEM_LIST_TABLE, string(tx.table)) + attr(
             ELEM_LIST_SET, string(change.set.name)
         )
-        for part in _parts(map(element_encoder(change.set, tx.family), change.elements)):
+        encoded = list(map(element_encoder(change.set, tx.family), change.elements))
+        for part in _parts(encoded):
             yield FAMILIES[tx.family], head + nest(ELEM_LIST_ELEMENTS, part)
 
 
-def _parts(encoded: Iterable[bytes]) -> Iterator[bytes]:
-    """Encoded elements joined into lists of at most MESSAGE_BYTES."""
-    part: list[bytes] = []
-    size = 0
-    for one in encoded:
-        if size + len(one) > MESSAGE_BYTES and part:
-            yield b"".join(part)
-            part, size = [], 0
-        part.append(one)
-        size += len(one)
-    if part:
-        yield b"".join(part)
+def _parts(encoded: list[bytes]) -> Iterator[bytes]:
+    """Encoded elements joined into lists of at most MESSAGE_BYTES each."""
+    ends = list(itertools.accumulate(map(len, encoded)))
+    start = 0
+    while start < len(encoded):
+        done = ends[start - 1] if start else 0
+        stop = max(bisect.bisect_right(ends, done + MESSAGE_BYTES), start + 1)
+        yield b"".join(encoded[start:stop])
+        start = stop
 
 
 def element_encoder(s: Set, family: Family) -> Callable[[Element], bytes]:
     """Encodes one element of s as a list entry of a NEWSETELEM request. A set's
-    keys all have one length, so their nest's headers are made once."""
-    key = tuple_encoder(s.key, family)
+    keys (and a data map's values) all have one length, so their nests' headers
+    are made once; each component is one C call (see :class:`_Memo`)."""
+    keys = [_scalar_encoder(k, family) for k in s.key]
     key_head = _heads(ELEM_KEY, _length(s.key, family))
-    value = _value_encoder(s, family)
+    verdicts = _Memo(_verdict_nest) if s.value == (DataType.VERDICT,) else None
+    data = [] if verdicts is not None else [_scalar_encoder(k, family) for k in s.value]
+    data_head = _heads(ELEM_DATA, _length(s.value, family)) if data else b""
+    comments = _Memo(_comment)
     list_head = ATTR.pack
+    call = operator.call
 
     def encode(e: Element) -> bytes:
+        key, value = e.key, e.value
         try:
-            body = key_head + key(e.key)
-            if e.value is not None:
-                body += value(e.value)
+            if len(key) != len(keys) or (value is not None and data and len(value) != len(data)):
+                raise ValueError("wrong number of components")
+            pieces = [key_head, *map(call, keys, key)]
+            if value is None:
+                pass
+            elif verdicts is not None:
+                pieces.append(verdicts[value])
+            else:
+                pieces += [data_head, *map(call, data, value)]
         except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"set {s.name}: element {e.key} : {e.value}: {err}") from err
+            raise ValueError(f"set {s.name}: element {key} : {value}: {err}") from err
         if e.comment is not None:
-            body += attr(ELEM_USERDATA, _comment(e.comment))
+            pieces.append(comments[e.comment])
+        body = b"".join(pieces)
         return list_head(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
 
     return encode
 
 
 def _length(kinds: tuple[DataType, ...], family: Family) -> int:
-    """The bytes a key or value of these types takes (see :func:`tuple_encoder`)."""
+    """The bytes a key or value of these types takes: one component alone its size,
+    several in a concatenation each a multiple of 4."""
     if len(kinds) == 1:
         return values.size(kinds[0], family)
     return sum((values.size(k, family) + 3) & ~3 for k in kinds)
@@ -115,64 +127,40 @@ def _length(kinds: tuple[DataType, ...], family: Family) -> int:
 
 def _heads(kind: int, length: int) -> bytes:
     """The headers of a nest holding one NFTA_DATA_VALUE of length bytes; the value
-    must follow, padded to 4 (:func:`tuple_encoder` pads)."""
+    must follow, padded to 4."""
     padded = (length + 3) & ~3
     return ATTR.pack(8 + padded, kind | NLA_F_NESTED) + ATTR.pack(4 + length, NFTA_DATA_VALUE)
 
 
-def tuple_encoder(kinds: tuple[DataType, ...], family: Family) -> Encoder:
-    """Encodes a key or value's components, padded to 4 bytes: one alone takes its
-    size, several in a concatenation each take a multiple of 4 bytes."""
-    parts = [_scalar_encoder(k, family) for k in kinds]
-    count = len(parts)
+class _Memo(dict[Any, bytes]):
+    """make(key), remembered: a lookup is the encoder, one C call once a key is
+    known (keys and values hold few distinct ports, protocols, indexes, verdicts
+    and comments)."""
 
-    def encode(text: tuple[str, ...]) -> bytes:
-        if len(text) != count:
-            raise ValueError(f"{len(text)} components for a key of {count}: {text}")
-        return b"".join(map(operator.call, parts, text))
-
-    return encode
-
-
-class _Packed(dict[str, bytes]):
-    """values.pack of one type, padded to 4 bytes, remembered: a lookup is the
-    encoder (a C call once known; keys and values hold few distinct ports,
-    protocols and indexes)."""
-
-    def __init__(self, kind: DataType, family: Family) -> None:
+    def __init__(self, make: Callable[[Any], bytes]) -> None:
         super().__init__()
-        self.kind, self.family = kind, family
+        self.make = make
 
-    def __missing__(self, text: str) -> bytes:
-        raw = values.pack(self.kind, self.family, text)
-        self[text] = found = raw + b"\0" * (-len(raw) % 4)
+    def __missing__(self, key: Any) -> bytes:
+        self[key] = found = self.make(key)
         return found
 
 
 def _scalar_encoder(kind: DataType, family: Family) -> Callable[[str], bytes]:
-    """One component's encoder (addresses: their length is a multiple of 4 already;
-    text that is none raises OSError)."""
+    """One component's encoder, its bytes padded to 4 (addresses: their length is
+    a multiple of 4 already; text that is none raises OSError)."""
     if kind == DataType.ADDR:
         return functools.partial(socket.inet_pton, FAMILIES[family])
-    return _Packed(kind, family).__getitem__
+    return _Memo(functools.partial(_padded, kind, family)).__getitem__
 
 
-def _value_encoder(s: Set, family: Family) -> Callable[[Value], bytes]:
-    """Encodes a map element's value as its whole data nest (verdicts remembered:
-    a map's elements name few chains)."""
-    if s.value == (DataType.VERDICT,):
-        cache: dict[Value, bytes] = {}
+def _padded(kind: DataType, family: Family, text: str) -> bytes:
+    raw = values.pack(kind, family, text)
+    return raw + b"\0" * (-len(raw) % 4)
 
-        def verdict(v: Value) -> bytes:
-            found = cache.get(v)
-            if found is None:
-                found = cache[v] = nest(ELEM_DATA, _verdict(v))
-            return found
 
-        return verdict
-    data = tuple_encoder(s.value, family)
-    head = _heads(ELEM_DATA, _length(s.value, family))
-    return lambda v: head + data(v)
+def _verdict_nest(value: Value) -> bytes:
+    return nest(ELEM_DATA, _verdict(value))
 
 
 def _verdict(value: Value) -> bytes:
@@ -184,6 +172,6 @@ def _verdict(value: Value) -> bytes:
 
 
 def _comment(text: str) -> bytes:
-    """nft's user data: one comment TLV, NUL-terminated as nft writes it."""
+    """nft's user data attribute: one comment TLV, NUL-terminated as nft writes it."""
     raw = string(text)
-    return bytes([UDATA_COMMENT, len(raw)]) + raw
+    return attr(ELEM_USERDATA, bytes([UDATA_COMMENT, len(raw)]) + raw)
