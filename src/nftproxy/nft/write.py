@@ -51,6 +51,7 @@ MESSAGE_BYTES = 60_000
 _CODES = {kind: code for code, kind in VERDICTS.items()}
 _KNOWN = frozenset({DataType.ADDR, DataType.PROTO, DataType.SERVICE, DataType.INDEX})
 
+
 def writable(s: Set) -> bool:
     """Whether this set's elements can be written here (else nft writes them)."""
     value_known = set(s.value) <= _KNOWN or s.value == (DataType.VERDICT,)
