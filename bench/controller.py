@@ -11,7 +11,9 @@ In a scratch network namespace, with N Services x M endpoints in the API server:
 - the proxy as its own process (``nftproxy run``, so that it does not share an
   interpreter with the API server): peak RSS after the first full load, CPU used
   while idle for --idle seconds, and a burst of 1,000 changes sent within one
-  second: from the first change to the kernel holding all of them.
+  second: from the first change to the kernel holding all of them;
+- a proxy restarted over the tables the last one left: from its start to its
+  first sync, and its peak RSS.
 
 Needs root.
 """
@@ -146,6 +148,7 @@ class SyncLog:
 
     def __init__(self, stream: Any) -> None:
         self.changed = 0
+        self.syncs = 0
         self._stream = stream
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -153,6 +156,7 @@ class SyncLog:
         for line in self._stream:
             if '"synced"' in line:
                 self.changed += json.loads(line).get("services_changed", 0)
+                self.syncs += 1
 
 
 def burst(api: FakeAPIServer, log: SyncLog, slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,7 +205,32 @@ def own_process(services: int, endpoints: int, idle: float) -> dict[str, Any]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        out.update(restart(cmd))
     return out
+
+
+def restart(cmd: list[str]) -> dict[str, Any]:
+    """A proxy started over its tables already in the kernel (the last one's, left
+    on SIGTERM): from its start to its first sync (read back, planned, applied),
+    and its peak RSS by then."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        log = SyncLog(proc.stderr)
+        while not log.syncs:
+            if time.monotonic() - t0 > 300:
+                raise TimeoutError("the restarted proxy did not sync")
+            time.sleep(0.01)
+        first = time.monotonic() - t0
+        time.sleep(1)
+        return {
+            "restart over loaded tables: first sync after (s)": round(first, 2),
+            "restart: peak RSS (MB)": round(_peak_rss_mb(proc.pid)),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> int:
