@@ -59,9 +59,9 @@ class Message(IntEnum):
     GETCHAIN = 4
     GETRULE = 7
     GETSET = 10
+    NEWSETELEM = 12
     GETSETELEM = 13
     GETGEN = 16
-    NEWSETELEM = 12
 
 
 class NetlinkError(OSError):
