@@ -134,6 +134,37 @@ RULES = Rules(Family.IP, {"service-ips": 12, "backends": 16, "cluster-ips": 4})
 DADDR = payload(1, 1, 16, 4)
 
 
+@pytest.mark.parametrize(
+    ("kind", "family", "raw"),
+    [
+        (DataType.ADDR, Family.IP, bytes([10, 0, 0, 1])),
+        (DataType.ADDR, Family.IP6, bytes.fromhex("fd000010009600000000000000000001")),
+        (DataType.PROTO, Family.IP, bytes([6])),
+        (DataType.PROTO, Family.IP6, bytes([99])),
+        (DataType.SERVICE, Family.IP, u32(8080)[2:]),
+        (DataType.INDEX, Family.IP, (49).to_bytes(4, "little")),
+    ],
+)
+def test_pack_is_the_inverse_of_scalar(kind: DataType, family: Family, raw: bytes) -> None:
+    assert values.pack(kind, family, values.scalar(kind, family, raw)) == raw
+    assert values.length((kind,), family) == len(raw)
+
+
+def test_pack_refuses_what_the_kernel_cannot_hold() -> None:
+    for kind, text in [
+        (DataType.ADDR, "10.0.0.300"),
+        (DataType.PROTO, "256"),
+        (DataType.SERVICE, "65536"),
+        (DataType.SERVICE, "-1"),
+        (DataType.INDEX, "x"),
+    ]:
+        with pytest.raises(ValueError, match="not a"):
+            values.pack(kind, Family.IP, text)
+    concat = (DataType.ADDR, DataType.PROTO, DataType.SERVICE, DataType.INDEX)
+    assert values.length(concat, Family.IP) == 16
+    assert values.length(concat, Family.IP6) == 28
+
+
 def test_prefix_match_and_drop() -> None:
     masked = [
         DADDR,

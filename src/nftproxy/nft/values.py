@@ -47,6 +47,14 @@ def size(kind: DataType, family: Family) -> int:
     return ADDR_SIZE[family] if kind == DataType.ADDR else _SIZES[kind]
 
 
+def length(kinds: tuple[DataType, ...], family: Family) -> int:
+    """The bytes a key or value of these types takes, as :func:`layout` lays it out:
+    one component alone its size, several each a multiple of 4."""
+    if len(kinds) == 1:
+        return size(kinds[0], family)
+    return sum((size(k, family) + 3) & ~3 for k in kinds)
+
+
 def layout(kinds: tuple[DataType, ...], family: Family, total: int) -> list[tuple[int, int]]:
     """(offset, size) of each component: concatenated ones start on 4-byte boundaries."""
     if len(kinds) == 1:

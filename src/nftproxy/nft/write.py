@@ -88,10 +88,10 @@ def element_encoder(s: Set, family: Family) -> Callable[[Element], bytes]:
     keys (and a data map's values) all have one length, so their nests' headers
     are made once; each component is one C call (see :class:`_Memo`)."""
     keys = [_scalar_encoder(k, family) for k in s.key]
-    key_head = _heads(ELEM_KEY, _length(s.key, family))
+    key_head = _heads(ELEM_KEY, values.length(s.key, family))
     verdicts = _Memo(_verdict_nest) if s.value == (DataType.VERDICT,) else None
     data = [] if verdicts is not None else [_scalar_encoder(k, family) for k in s.value]
-    data_head = _heads(ELEM_DATA, _length(s.value, family)) if data else b""
+    data_head = _heads(ELEM_DATA, values.length(s.value, family)) if data else b""
     comments = _Memo(_comment)
     list_head = ATTR.pack
     call = operator.call
@@ -116,14 +116,6 @@ def element_encoder(s: Set, family: Family) -> Callable[[Element], bytes]:
         return list_head(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
 
     return encode
-
-
-def _length(kinds: tuple[DataType, ...], family: Family) -> int:
-    """The bytes a key or value of these types takes: one component alone its size,
-    several in a concatenation each a multiple of 4."""
-    if len(kinds) == 1:
-        return values.size(kinds[0], family)
-    return sum((values.size(k, family) + 3) & ~3 for k in kinds)
 
 
 def _heads(kind: int, length: int) -> bytes:
