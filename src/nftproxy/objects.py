@@ -183,7 +183,7 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
 
 
-def _get(doc: Mapping[str, Any], path: str, kind: type, default: Any = None) -> Any:
+def get_field(doc: Mapping[str, Any], path: str, kind: type, default: Any = None) -> Any:
     """Read a dotted path; None and missing give default; a wrong type is an error."""
     cur: Any = doc
     for part in _parts(path):
@@ -282,16 +282,19 @@ NameRule = Callable[[str, str], str]
 def _metadata(
     doc: Mapping[str, Any], name_rule: NameRule = dns_subdomain
 ) -> tuple[str, str, Mapping[str, Any]]:
-    name = _get(doc, "metadata.name", str)
+    name = get_field(doc, "metadata.name", str)
     if not name:
         raise InvalidObjectError("metadata.name", "missing")
     name_rule(name, "metadata.name")
-    namespace = dns_label(_get(doc, "metadata.namespace", str, "default"), "metadata.namespace")
-    labels = _get(doc, "metadata.labels", Mapping, {})
+    namespace = dns_label(
+        get_field(doc, "metadata.namespace", str, "default"), "metadata.namespace"
+    )
+    labels = get_field(doc, "metadata.labels", Mapping, {})
     return namespace, name, labels
 
 
-def _label(labels: Mapping[str, Any], key: str) -> str | None:
+def label_of(labels: Mapping[str, Any], key: str) -> str | None:
+    """The value of a label, checked; None when the object does not have it."""
     value = labels.get(key)
     if value is None:
         return None
@@ -308,14 +311,24 @@ def _port_name(value: Any, field: str) -> str:
     return dns_label(value, field)
 
 
-def _list(doc: Mapping[str, Any], path: str) -> list[Any]:
-    value: list[Any] = _get(doc, path, list, [])
+def get_list(doc: Mapping[str, Any], path: str) -> list[Any]:
+    """The list at a dotted path; [] when missing or null."""
+    value: list[Any] = get_field(doc, path, list, [])
+    return value
+
+
+def items(value: Any, field: str) -> list[Any]:
+    """A field's value as a list: [] for null, an error if it is not a list."""
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise InvalidObjectError(field, "expected a list")
     return value
 
 
 def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
     ports = []
-    for i, p in enumerate(_list(doc, "spec.ports")):
+    for i, p in enumerate(get_list(doc, "spec.ports")):
         field = f"spec.ports[{i}]"
         if not isinstance(p, Mapping):
             raise InvalidObjectError(field, "expected an object")
@@ -337,7 +350,7 @@ def _service_ports(doc: Mapping[str, Any]) -> tuple[ServicePortSpec, ...]:
 
 
 def _cluster_ips(doc: Mapping[str, Any]) -> tuple[tuple[Addr, ...], bool]:
-    texts = _list(doc, "spec.clusterIPs") or [_get(doc, "spec.clusterIP", str, "")]
+    texts = get_list(doc, "spec.clusterIPs") or [get_field(doc, "spec.clusterIP", str, "")]
     if any(t in ("None", "") for t in texts):
         return (), texts == ["None"] or "None" in texts
     return tuple(_ip(t, f"spec.clusterIPs[{i}]") for i, t in enumerate(texts)), False
@@ -345,7 +358,7 @@ def _cluster_ips(doc: Mapping[str, Any]) -> tuple[tuple[Addr, ...], bool]:
 
 def _lb_ips(doc: Mapping[str, Any]) -> tuple[Addr, ...]:
     ips = []
-    for i, ing in enumerate(_list(doc, "status.loadBalancer.ingress")):
+    for i, ing in enumerate(get_list(doc, "status.loadBalancer.ingress")):
         if not isinstance(ing, Mapping) or not ing.get("ip"):
             continue
         if ing.get("ipMode") not in (None, "VIP"):
@@ -356,7 +369,7 @@ def _lb_ips(doc: Mapping[str, Any]) -> tuple[Addr, ...]:
 
 def _source_ranges(doc: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
     nets = []
-    for i, text in enumerate(_list(doc, "spec.loadBalancerSourceRanges")):
+    for i, text in enumerate(get_list(doc, "spec.loadBalancerSourceRanges")):
         field = f"spec.loadBalancerSourceRanges[{i}]"
         if not isinstance(text, str):
             raise InvalidObjectError(field, "expected a CIDR string")
@@ -368,10 +381,10 @@ def _source_ranges(doc: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
 
 
 def _affinity(doc: Mapping[str, Any]) -> int | None:
-    if _get(doc, "spec.sessionAffinity", str, "None") != "ClientIP":
+    if get_field(doc, "spec.sessionAffinity", str, "None") != "ClientIP":
         return None
     path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
-    timeout: int = _get(doc, path, int, DEFAULT_AFFINITY_SECONDS)
+    timeout: int = get_field(doc, path, int, DEFAULT_AFFINITY_SECONDS)
     if not 0 < timeout <= MAX_AFFINITY_SECONDS:
         raise InvalidObjectError(path, f"{timeout} out of range 1-{MAX_AFFINITY_SECONDS}")
     return timeout
@@ -381,8 +394,8 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
     """Parse a v1 Service."""
     namespace, name, labels = _metadata(doc, dns1035_label)
     cluster_ips, headless = _cluster_ips(doc)
-    svc_type = _get(doc, "spec.type", str, "ClusterIP")
-    hc = _get(doc, "spec.healthCheckNodePort", int)
+    svc_type = get_field(doc, "spec.type", str, "ClusterIP")
+    hc = get_field(doc, "spec.healthCheckNodePort", int)
     return Service(
         namespace=namespace,
         name=name,
@@ -390,16 +403,17 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         cluster_ips=cluster_ips,
         headless=headless,
         external_ips=tuple(
-            _ip(t, f"spec.externalIPs[{i}]") for i, t in enumerate(_list(doc, "spec.externalIPs"))
+            _ip(t, f"spec.externalIPs[{i}]")
+            for i, t in enumerate(get_list(doc, "spec.externalIPs"))
         ),
         load_balancer_ips=_lb_ips(doc) if svc_type == "LoadBalancer" else (),
         ports=_service_ports(doc),
         affinity_timeout=_affinity(doc),
-        external_local=_get(doc, "spec.externalTrafficPolicy", str, "Cluster") == "Local",
-        internal_local=_get(doc, "spec.internalTrafficPolicy", str, "Cluster") == "Local",
+        external_local=get_field(doc, "spec.externalTrafficPolicy", str, "Cluster") == "Local",
+        internal_local=get_field(doc, "spec.internalTrafficPolicy", str, "Cluster") == "Local",
         source_ranges=_source_ranges(doc),
         health_check_node_port=_port(hc, "spec.healthCheckNodePort") if hc else None,
-        proxy_name=_label(labels, PROXY_NAME_LABEL),
+        proxy_name=label_of(labels, PROXY_NAME_LABEL),
     )
 
 
@@ -420,7 +434,7 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
         node_name = sys.intern(node_name)  # a few hundred nodes, 250,000 endpoints
     zones, nodes = _hints(ep.get("hints"), i)
     out = []
-    for j, text in enumerate(ep.get("addresses") or ()):
+    for j, text in enumerate(items(ep.get("addresses"), f"endpoints[{i}].addresses")):
         addr = _ip(text, f"endpoints[{i}].addresses[{j}]")
         if (":" in addr) != (family == 6):
             raise InvalidObjectError(
@@ -454,7 +468,7 @@ def _hints(hints: Any, i: int) -> tuple[frozenset[str], frozenset[str]]:
 
 def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
     ports = []
-    for i, p in enumerate(_list(doc, "ports")):
+    for i, p in enumerate(get_list(doc, "ports")):
         if not isinstance(p, Mapping):
             raise InvalidObjectError(f"ports[{i}]", "expected an object")
         if p.get("port") is None:
@@ -472,27 +486,28 @@ def _slice_ports(doc: Mapping[str, Any]) -> tuple[SlicePort, ...]:
 def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice | None:
     """Parse an EndpointSlice; None for address type FQDN (not proxied)."""
     namespace, name, labels = _metadata(doc)
-    service = _label(labels, SERVICE_NAME_LABEL)
+    service = label_of(labels, SERVICE_NAME_LABEL)
     if not service:
         raise InvalidObjectError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "missing")
-    address_type = _get(doc, "addressType", str)
+    address_type = get_field(doc, "addressType", str)
     if address_type == "FQDN":
         return None
     if address_type not in ("IPv4", "IPv6"):
         raise InvalidObjectError("addressType", f"unknown address type {address_type!r}")
     family = 4 if address_type == "IPv4" else 6
     endpoints = [
-        e for i, ep in enumerate(_list(doc, "endpoints")) for e in _slice_endpoint(ep, i, family)
+        e for i, ep in enumerate(get_list(doc, "endpoints")) for e in _slice_endpoint(ep, i, family)
     ]
     return EndpointSlice(namespace, name, service, tuple(endpoints), _slice_ports(doc))
 
 
 def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
     out = []
-    for c, container in enumerate(_list(doc, "spec.containers")):
+    for c, container in enumerate(get_list(doc, "spec.containers")):
         if not isinstance(container, Mapping):
             raise InvalidObjectError(f"spec.containers[{c}]", "expected an object")
-        for p, port in enumerate(container.get("ports") or []):
+        ports = items(container.get("ports"), f"spec.containers[{c}].ports")
+        for p, port in enumerate(ports):
             field = f"spec.containers[{c}].ports[{p}]"
             if not isinstance(port, Mapping) or not port.get("hostPort"):
                 continue
@@ -513,14 +528,14 @@ def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
 def parse_pod(doc: Mapping[str, Any]) -> Pod:
     """Parse a v1 Pod."""
     namespace, name, _ = _metadata(doc, dns_subdomain)
-    ips = [p.get("ip") for p in _list(doc, "status.podIPs") if isinstance(p, Mapping)]
-    if not ips and _get(doc, "status.podIP", str):
+    ips = [p.get("ip") for p in get_list(doc, "status.podIPs") if isinstance(p, Mapping)]
+    if not ips and get_field(doc, "status.podIP", str):
         ips = [doc["status"]["podIP"]]
     return Pod(
         namespace=namespace,
         name=name,
-        node_name=_get(doc, "spec.nodeName", str),
-        phase=_get(doc, "status.phase", str, "Unknown"),
+        node_name=get_field(doc, "spec.nodeName", str),
+        phase=get_field(doc, "status.phase", str, "Unknown"),
         pod_ips=tuple(_ip(t, f"status.podIPs[{i}].ip") for i, t in enumerate(ips)),
         host_ports=_host_ports(doc),
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nftproxy.objects import IPAddress, IPNetwork
+from nftproxy.objects import IPAddress, IPNetwork, get_field, get_list, label_of
 from nftproxy.problems import InvalidObjectError
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -32,29 +32,27 @@ class NodeInfo:
 
 def parse_node(raw: Mapping[str, Any]) -> NodeInfo:
     """Parse a v1 Node."""
-    meta = raw.get("metadata") or {}
-    spec = raw.get("spec") or {}
-    status = raw.get("status") or {}
     ips: list[IPAddress] = []
     for wanted in ("InternalIP", "ExternalIP"):
-        for i, a in enumerate(status.get("addresses") or []):
+        for i, a in enumerate(get_list(raw, "status.addresses")):
             if isinstance(a, Mapping) and a.get("type") == wanted:
                 ips.append(_ip(a.get("address"), f"status.addresses[{i}].address"))
-    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-    taints = [t for t in spec.get("taints") or [] if isinstance(t, Mapping)]
+    pod_cidr = get_field(raw, "spec.podCIDR", str)
+    cidrs = get_list(raw, "spec.podCIDRs") or ([pod_cidr] if pod_cidr else [])
+    taints = [t for t in get_list(raw, "spec.taints") if isinstance(t, Mapping)]
     return NodeInfo(
-        name=str(meta.get("name", "")),
+        name=str(get_field(raw, "metadata.name", str, "")),
         ips=tuple(dict.fromkeys(ips)),
         pod_cidrs=tuple(_cidr(c, f"spec.podCIDRs[{i}]") for i, c in enumerate(cidrs)),
-        zone=(meta.get("labels") or {}).get(ZONE_LABEL),
-        eligible=not meta.get("deletionTimestamp")
+        zone=label_of(get_field(raw, "metadata.labels", dict, {}), ZONE_LABEL),
+        eligible=not get_field(raw, "metadata.deletionTimestamp", str)
         and not any(t.get("key") == TO_BE_DELETED_TAINT for t in taints),
     )
 
 
 def service_cidrs(raw: Mapping[str, Any]) -> tuple[str, ...]:
     """The ranges of a networking.k8s.io/v1 ServiceCIDR."""
-    cidrs = (raw.get("spec") or {}).get("cidrs") or []
+    cidrs = get_list(raw, "spec.cidrs")
     for i, c in enumerate(cidrs):
         _cidr(c, f"spec.cidrs[{i}]")
     return tuple(str(c) for c in cidrs)
