@@ -214,7 +214,8 @@ def test_the_image_installs_with_the_script_ci_runs() -> None:
 @pytest.mark.kernel  # as root: the script may call apt-get
 def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
     """What the Dockerfile runs, into a fresh venv: the package (not editable, no
-    dev tools) with the libnftables binding, and a `run` that takes the chart's config."""
+    dev tools, its hot modules compiled) with the libnftables binding, and a `run`
+    that takes the chart's config."""
     venv = tmp_path / "venv"
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "install.sh"), str(venv)],
@@ -232,3 +233,6 @@ def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
     probe = [str(venv / "bin" / "python"), "-c", "import nftables, pytest"]
     done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert "No module named 'pytest'" in done.stderr  # nftables imports; no dev tools
+    where = [str(venv / "bin" / "python"), "-c", "import nftproxy.state as m; print(m.__file__)"]
+    done = subprocess.run(where, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.strip().endswith(".so")  # compiled with mypyc (setup.py)

@@ -1,0 +1,38 @@
+"""nftproxy's build: the modules on the sync's hot path are compiled with mypyc.
+
+Compiled, ``apply`` at 10,000 Services is about 15% faster end to end, and the
+controller's syncs with it (figures in the README). The modules stay plain,
+type-checked Python: ``PYTHONPATH=src`` runs them uncompiled from the tree, and
+``NFTPROXY_COMPILE=0`` builds a package without the compiled copies.
+"""
+
+import os
+
+from setuptools import setup
+
+COMPILED = [
+    "src/nftproxy/manifests.py",
+    "src/nftproxy/objects.py",
+    "src/nftproxy/state.py",
+    "src/nftproxy/build.py",
+    "src/nftproxy/names.py",
+    "src/nftproxy/plan.py",
+    "src/nftproxy/nft/render.py",
+    "src/nftproxy/nft/stages.py",
+    "src/nftproxy/nft/transaction.py",
+    "src/nftproxy/nft/values.py",
+    "src/nftproxy/nft/write.py",
+]
+"""Not nft/model.py: mypyc's frozen dataclasses cannot be unpickled, and the
+kernel read that ``diff`` runs in a child process sends its tables back pickled."""
+
+
+def _extensions() -> list[object]:
+    if os.environ.get("NFTPROXY_COMPILE", "1") == "0":
+        return []
+    from mypyc.build import mypycify  # noqa: PLC0415 (not needed to build uncompiled)
+
+    return list(mypycify(COMPILED, opt_level="3"))
+
+
+setup(ext_modules=_extensions())
