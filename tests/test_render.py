@@ -118,3 +118,5 @@ def test_a_fresh_load_is_staged_and_every_element_goes_once() -> None:
     written = sum(len(c.elements) for stage in netlink for c in _written(stage))
     assert sum(map(_elements_in, scripts)) + written == total > 4
     assert isinstance(last, str) and last.startswith("add table ip nftproxy\n")
+    # Encoded once, while nft loads the first stage, and sent as encoded then.
+    assert all(stage.requests() is stage.requests() for stage in netlink)

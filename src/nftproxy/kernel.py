@@ -146,7 +146,7 @@ def _encode(stages: list[Stage]) -> None:
     for stage in stages:
         if isinstance(stage, ElementStage):
             with contextlib.suppress(ValueError):
-                stage.requests  # noqa: B018 - computed and kept for when it runs
+                stage.requests()  # kept for when the stage runs
 
 
 class Libnftables:
@@ -202,7 +202,7 @@ class Libnftables:
         """Add elements over netlink as one transaction (no nft parser: a fresh
         load's elements, see :mod:`nftproxy.nft.write`)."""
         try:
-            self._sock.transact(Message.NEWSETELEM, stage.requests)
+            self._sock.transact(Message.NEWSETELEM, stage.requests())
         except (OSError, ValueError) as err:  # NetlinkError is an OSError
             text = err.strerror if isinstance(err, NetlinkError) else str(err)
             raise NftError(classify(text or str(err)), f"adding set elements: {err}") from err

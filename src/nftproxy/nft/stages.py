@@ -12,9 +12,8 @@ parser: they go over netlink. Any other batch is one script.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nftproxy.nft.model import Set, Table
 from nftproxy.nft.render import render_batch, render_script, render_transaction
@@ -25,17 +24,20 @@ STAGE_ELEMENTS = 25_000
 """Elements per stage: nft needs about 60 MB for a stage of this many."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ElementStage:
     """Elements written over netlink as one transaction (:mod:`nftproxy.nft.write`)."""
 
     transactions: tuple[Transaction, ...]
+    encoded: list[tuple[int, bytes]] | None = field(default=None, repr=False, compare=False)
 
-    @functools.cached_property
     def requests(self) -> list[tuple[int, bytes]]:
         """The netlink requests, encoded once (text the kernel cannot hold raises
-        ValueError)."""
-        return [r for tx in self.transactions for r in requests(tx)]
+        ValueError). Not a ``functools.cached_property``: mypyc compiles that as a
+        plain property, which encoded every stage twice."""
+        if self.encoded is None:
+            self.encoded = [r for tx in self.transactions for r in requests(tx)]
+        return self.encoded
 
 
 Stage = str | ElementStage
