@@ -17,10 +17,13 @@ COMPILED = [
     "src/nftproxy/build.py",
     "src/nftproxy/names.py",
     "src/nftproxy/plan.py",
+    "src/nftproxy/nft/expressions.py",
+    "src/nftproxy/nft/read.py",
     "src/nftproxy/nft/render.py",
     "src/nftproxy/nft/stages.py",
     "src/nftproxy/nft/transaction.py",
     "src/nftproxy/nft/values.py",
+    "src/nftproxy/nft/wire.py",
     "src/nftproxy/nft/write.py",
 ]
 """Not nft/model.py: mypyc's frozen dataclasses cannot be unpickled, and the

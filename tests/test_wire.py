@@ -9,6 +9,7 @@ import pytest
 
 from nftproxy.nft import expressions as ex
 from nftproxy.nft import values
+from nftproxy.nft.errors import NetlinkError
 from nftproxy.nft.expressions import Rules
 from nftproxy.nft.model import (
     DataType,
@@ -29,7 +30,6 @@ from nftproxy.nft.model import (
 )
 from nftproxy.nft.wire import (
     NLM_F_DUMP_INTR,
-    NetlinkError,
     attribute_list,
     attributes,
     data_value,

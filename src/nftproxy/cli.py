@@ -12,8 +12,8 @@ from nftproxy import log, names
 from nftproxy.config import ConfigError, parse_bool
 from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import NftError
+from nftproxy.nft.errors import NetlinkError
 from nftproxy.nft.render import render_script
-from nftproxy.nft.wire import NetlinkError
 from nftproxy.pipeline import desired, status
 
 

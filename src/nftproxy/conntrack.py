@@ -22,7 +22,8 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from nftproxy.nft.wire import NetlinkError, Socket, attributes, encode
+from nftproxy.nft.errors import NetlinkError
+from nftproxy.nft.wire import Socket, attributes, encode
 
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": 132}
 _NAMES = {number: name for name, number in PROTOCOLS.items()}

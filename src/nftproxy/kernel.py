@@ -25,11 +25,12 @@ import orjson
 
 from nftproxy.config import NETNS_DIR, require_netns
 from nftproxy.conntrack import StalePlan, delete_stale
+from nftproxy.nft.errors import NetlinkError
 from nftproxy.nft.model import Family, Set, Table
 from nftproxy.nft.read import TableReader, generation, table_names
 from nftproxy.nft.stages import STAGE_ELEMENTS, ElementStage, Stage, load_stages
 from nftproxy.nft.transaction import Batch
-from nftproxy.nft.wire import Message, NetlinkError, Socket
+from nftproxy.nft.wire import Message, Socket
 
 
 class ErrorKind(StrEnum):

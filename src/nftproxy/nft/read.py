@@ -22,6 +22,7 @@ import tenacity
 
 from nftproxy.gcpause import paused_gc
 from nftproxy.nft import values
+from nftproxy.nft.errors import DumpInterruptedError, NetlinkError
 from nftproxy.nft.expressions import VERDICTS, Rules, verdict
 from nftproxy.nft.model import (
     BaseHook,
@@ -39,9 +40,7 @@ from nftproxy.nft.model import (
 from nftproxy.nft.wire import (
     FAMILIES,
     Attrs,
-    DumpInterruptedError,
     Message,
-    NetlinkError,
     Socket,
     attribute_list,
     attributes,
@@ -395,7 +394,7 @@ def _decode(
     info: _SetInfo, family: Family, raw: Iterable[Attrs], ordered: bool = False
 ) -> Iterable[Element]:
     """A set's dumped elements as Elements (in key order with ``ordered``)."""
-    if DataType.OTHER in (*info.set.key, *info.set.value):
+    if DataType.OTHER in info.set.key or DataType.OTHER in info.set.value:
         return [_opaque(a) for a in raw]
     if info.set.interval:
         return _intervals(info, family, list(raw))

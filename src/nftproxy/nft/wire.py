@@ -12,7 +12,6 @@ moves bytes, and sends a fresh load's set elements as one batch per stage
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -20,6 +19,7 @@ from collections.abc import Generator, Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
+from nftproxy.nft.errors import DumpInterruptedError, NetlinkError
 from nftproxy.nft.model import Family
 
 NETLINK_NETFILTER = 12
@@ -64,17 +64,6 @@ class Message(IntEnum):
     GETGEN = 16
 
 
-class NetlinkError(OSError):
-    """The kernel answered a request with an error."""
-
-
-class DumpInterruptedError(NetlinkError):
-    """The ruleset changed while it was being dumped: read it again."""
-
-    def __init__(self) -> None:
-        super().__init__(errno.EINTR, "nf_tables dump interrupted by a change")
-
-
 def _walk(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(type, payload) of each attribute in a message or nest, in order."""
     offset, end = 0, len(data)
@@ -89,7 +78,16 @@ def _walk(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 def attributes(data: bytes) -> Attrs:
     """The attributes of one message or nest, by type (the nested flag dropped)."""
-    return dict(_walk(data))
+    found: Attrs = {}
+    offset, end = 0, len(data)
+    unpack = ATTR.unpack_from
+    while offset + 4 <= end:  # _walk's loop, without a generator: 4 million calls a read
+        length, kind = unpack(data, offset)
+        if length < 4:
+            break
+        found[kind & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return found
 
 
 def attribute_list(data: bytes) -> list[bytes]:
