@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/bootstrap.sh), then runs lint, type checks and every
-# test, the kernel ones included (needs root: they build network namespaces).
+# test, the kernel ones included (needs root: they build network namespaces),
+# against the installed package with its compiled modules; without arguments, the
+# tests that need no kernel run again on the tree's uncompiled code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -8,3 +10,6 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ $# -eq 0 ]; then
+    PYTHONPATH=src .venv/bin/python -m pytest -q -p no:cacheprovider -m "not kernel"
+fi
