@@ -317,7 +317,7 @@ def get_list(doc: Mapping[str, Any], path: str) -> list[Any]:
     return value
 
 
-def items(value: Any, field: str) -> list[Any]:
+def as_list(value: Any, field: str) -> list[Any]:
     """A field's value as a list: [] for null, an error if it is not a list."""
     if value is None:
         return []
@@ -434,7 +434,7 @@ def _slice_endpoint(ep: Any, i: int, family: int) -> list[SliceEndpoint]:
         node_name = sys.intern(node_name)  # a few hundred nodes, 250,000 endpoints
     zones, nodes = _hints(ep.get("hints"), i)
     out = []
-    for j, text in enumerate(items(ep.get("addresses"), f"endpoints[{i}].addresses")):
+    for j, text in enumerate(as_list(ep.get("addresses"), f"endpoints[{i}].addresses")):
         addr = _ip(text, f"endpoints[{i}].addresses[{j}]")
         if (":" in addr) != (family == 6):
             raise InvalidObjectError(
@@ -506,7 +506,7 @@ def _host_ports(doc: Mapping[str, Any]) -> tuple[HostPort, ...]:
     for c, container in enumerate(get_list(doc, "spec.containers")):
         if not isinstance(container, Mapping):
             raise InvalidObjectError(f"spec.containers[{c}]", "expected an object")
-        ports = items(container.get("ports"), f"spec.containers[{c}].ports")
+        ports = as_list(container.get("ports"), f"spec.containers[{c}].ports")
         for p, port in enumerate(ports):
             field = f"spec.containers[{c}].ports[{p}]"
             if not isinstance(port, Mapping) or not port.get("hostPort"):
