@@ -41,7 +41,7 @@ def parse_node(raw: Mapping[str, Any]) -> NodeInfo:
     cidrs = get_list(raw, "spec.podCIDRs") or ([pod_cidr] if pod_cidr else [])
     taints = [t for t in get_list(raw, "spec.taints") if isinstance(t, Mapping)]
     return NodeInfo(
-        name=str(get_field(raw, "metadata.name", str, "")),
+        name=get_field(raw, "metadata.name", str, ""),
         ips=tuple(dict.fromkeys(ips)),
         pod_cidrs=tuple(_cidr(c, f"spec.podCIDRs[{i}]") for i, c in enumerate(cidrs)),
         zone=label_of(get_field(raw, "metadata.labels", dict, {}), ZONE_LABEL),
