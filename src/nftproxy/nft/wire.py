@@ -81,7 +81,7 @@ def attributes(data: bytes) -> Attrs:
     found: Attrs = {}
     offset, end = 0, len(data)
     unpack = ATTR.unpack_from
-    while offset + 4 <= end:  # _walk's loop, without a generator: 4 million calls a read
+    while offset + 4 <= end:  # _walk's loop without a generator: a million calls a read
         length, kind = unpack(data, offset)
         if length < 4:
             break
