@@ -34,12 +34,11 @@ from typing import Any
 
 from cluster import NODE_FLAGS, NODE_IP, NODE_NAME, cluster
 
-from nftproxy.cli import parser
 from nftproxy.kernel import Libnftables
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.netns import Lab
-from nftproxy.pipeline import Options
 from nftproxy.runcmd import Proxy, start_proxy
+from nftproxy.settings import Settings
 
 
 def load(api: FakeAPIServer, services: int, endpoints: int) -> list[dict[str, Any]]:
@@ -61,6 +60,7 @@ def load(api: FakeAPIServer, services: int, endpoints: int) -> list[dict[str, An
 
 
 def args_for(api: FakeAPIServer, lab: Lab) -> list[str]:
+    """The command line of a proxy in its own process (servers off: no port to share)."""
     return [
         "run",
         "--master",
@@ -70,11 +70,25 @@ def args_for(api: FakeAPIServer, lab: Lab) -> list[str]:
         *NODE_FLAGS,
         "--min-sync-period",
         "0",
-        "--healthz-bind-address",
-        "127.0.0.1:0",
-        "--metrics-bind-address",
-        "127.0.0.1:0",
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
+        "--kube-api-qps=-1",  # as settings_for
     ]
+
+
+def settings_for(api: FakeAPIServer) -> Settings:
+    """The settings of a proxy in this process (the same node as NODE_FLAGS)."""
+    return Settings(
+        hostname_override=NODE_NAME,
+        node_ips=(NODE_IP,),
+        cluster_cidr=("10.0.0.0/8",),
+        service_cidr=("172.16.0.0/12",),
+        master=api.url,
+        qps=-1.0,  # no client-side limit: the bench measures the proxy, not kube-proxy's 5 QPS
+        min_sync_period=0.0,
+        healthz_bind_address="127.0.0.1:0",
+        metrics_bind_address="127.0.0.1:0",
+    )
 
 
 def wait_synced(proxy: Proxy, after: int, timeout: float = 60.0) -> float:
@@ -99,9 +113,8 @@ def in_process(services: int, endpoints: int, changes: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Lab("bench") as lab, FakeAPIServer(history=100_000) as api:
         slices = load(api, services, endpoints)
-        args = parser().parse_args(args_for(api, lab))
         start = time.monotonic()
-        proxy = start_proxy(args, Options(args), Libnftables(lab.node))
+        proxy = start_proxy(settings_for(api), Libnftables(lab.node), netns=lab.node)
         thread = threading.Thread(
             target=proxy.loop.run, args=(proxy.stop, proxy.ready), daemon=True
         )

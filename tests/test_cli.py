@@ -51,9 +51,19 @@ class TestRender:
         code, out, _ = _render(capsys, "--strict", "-f", str(path), *NODE_FLAGS)
         assert code == 1 and "172.30.0.10" in out
 
-    def test_nothing_usable_fails(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_an_unreadable_file_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         bad = tmp_path / "bad.yaml"
         bad.write_text(": : :\n")
+        code, out, err = _render(capsys, "-f", str(bad), *NODE_FLAGS)
+        assert code == 2 and out == "" and f"{bad}: unreadable" in err
+
+    def test_only_invalid_objects_is_nothing_usable(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(json.dumps(service(ports=[{"port": 99999}])))
         code, out, err = _render(capsys, "-f", str(bad), *NODE_FLAGS)
         assert code == 1 and out == "" and "nothing usable" in err
 
@@ -107,9 +117,10 @@ class TestRender:
         assert (
             ". tcp . 8080" in _render(capsys, *flags, "--config", str(cfg), "--host-ports=true")[1]
         )
-        with pytest.raises(SystemExit):
-            main(["render", *flags, "--host-ports=maybe"])
-        assert "want true or false" in capsys.readouterr().err
+        assert main(["render", *flags, "--host-ports=maybe"]) == 2
+        assert (
+            capsys.readouterr().err == "nftproxy: --host-ports: want true or false, not 'maybe'\n"
+        )
 
     def test_node_and_service_cidrs_among_the_manifests(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -176,8 +187,8 @@ class TestRender:
         assert main(["run", "--check-config", mode]) == 2  # run --check-config sees it too
         assert "--pod-interface-name-prefix" in capsys.readouterr().err
         cfg.write_text("kind: KubeProxyConfiguration\ndetectLocal: {bridge: cbr0}\n")
-        assert main(["render", *flags, "--config", str(cfg)]) == 2
-        assert "detectLocal.bridge" in capsys.readouterr().err
+        assert main(["render", *flags, "--config", str(cfg)]) == 0  # lenient, as kube-proxy
+        assert "detectLocal.bridge: unknown field" in capsys.readouterr().err
 
     def test_bad_flag_value(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         path = _manifest(tmp_path, service())

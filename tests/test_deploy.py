@@ -22,6 +22,7 @@ from nftproxy.cli import main, parser
 ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / ".tools" / "helm"
 CHART = ROOT / "helm" / "nftproxy"
+KUBEADM_CONFIG = ROOT / "tests" / "fixtures" / "kube-proxy" / "kubeadm-config.conf"
 K8S_VERSION = "1.31"
 MONITORING = {"PodMonitor", "ServiceMonitor"}  # Prometheus Operator CRDs: no bundled schema
 
@@ -34,7 +35,9 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def render(*sets: str) -> dict[str, dict[str, Any]]:
     """The chart's objects by kind (a second object of a kind under ``Kind/2``)."""
-    flags = [f for s in sets for f in ("--set", s)]
+    flags = [
+        f for s in sets for f in (("--set-file", s[5:]) if s.startswith("file:") else ("--set", s))
+    ]
     done = helm("template", "nftproxy", str(CHART), "--namespace", "kube-system", *flags)
     assert done.returncode == 0, done.stderr
     out: dict[str, dict[str, Any]] = {}
@@ -79,6 +82,7 @@ VALUE_SETS = {
         "config.detectLocalMode=InterfaceNamePrefix",
         "config.detectLocal.interfaceNamePrefix=veth",
     ),
+    "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
 }
 
 
@@ -187,6 +191,9 @@ def test_run_accepts_the_config_and_the_args(
         assert '"sync_period": 60.0' in printed and "10.96.0.0/12" in printed
     if name == "interface detector":
         assert '"pod_interface": "veth*"' in printed
+    if name == "kubeadm's config file":  # kubeadm's zeros are defaults; the chart's flags win
+        assert '"cluster_cidr": [\n    "10.244.0.0/16"\n  ]' in printed
+        assert '"sync_period": 30.0' in printed and '"host_ports": false' in printed
 
 
 def test_the_rendered_manifest_is_current() -> None:
@@ -229,7 +236,7 @@ def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
     check = [str(venv / "bin" / "nftproxy"), "run", "--config", str(cfg), "--check-config"]
     done = subprocess.run(check, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert '"min_sync": 1.0' in done.stdout
+    assert '"min_sync_period": 1.0' in done.stdout
     probe = [str(venv / "bin" / "python"), "-c", "import nftables, pytest"]
     done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert "No module named 'pytest'" in done.stderr  # nftables imports; no dev tools

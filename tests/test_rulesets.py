@@ -11,10 +11,11 @@ from helpers import comparable
 
 from nftproxy.build import build
 from nftproxy.cli import parser
+from nftproxy.flags import settings_of
 from nftproxy.kernel import Libnftables
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.manifests import load_paths
-from nftproxy.pipeline import Options, node_config
+from nftproxy.pipeline import node_config
 from nftproxy.state import compute_state
 from nftproxy.sync import desired_tables, plan_all, read_tables, without_chain_comments
 
@@ -68,8 +69,8 @@ def test_goldens_read_back_equal_the_builder() -> None:
     with Lab("readback") as lab:
         kernel = Libnftables(lab.node)
         for folder in EXAMPLES:
-            args = parser().parse_args(["render", "-f", str(folder), *flags])
-            ruleset = build(compute_state(load_paths([folder]).objects, node_config(Options(args))))
+            settings = settings_of(parser().parse_args(["render", "-f", str(folder), *flags]))
+            ruleset = build(compute_state(load_paths([folder]).objects, node_config(settings)))
             lab.load((folder / "ruleset.nft").read_text())
             current = read_tables(kernel)
             assert not plan_all(desired_tables(ruleset), current), folder.name

@@ -22,15 +22,14 @@ import pytest
 from helpers import endpoint, service, slice_
 
 from nftproxy import names
-from nftproxy.cli import parser
 from nftproxy.kernel import Libnftables
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.live import run_live_demo
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import REJECT, Reached, connect
 from nftproxy.nft.model import Ruleset
-from nftproxy.pipeline import Options
 from nftproxy.runcmd import Proxy, start_proxy
+from nftproxy.settings import Settings
 from nftproxy.sync import drift, read_tables
 
 pytestmark = pytest.mark.kernel
@@ -91,6 +90,20 @@ class Running:
             return 0, {}, b""  # not listening (yet)
 
 
+def settings_for(api: FakeAPIServer) -> Settings:
+    """The settings of a proxy in this process: the lab's node, servers on free ports."""
+    return Settings(
+        hostname_override="node-a",
+        node_ips=(NODE_IPS[0],),
+        cluster_cidr=("10.0.0.0/8",),
+        service_cidr=("172.30.0.0/16",),
+        master=api.url,
+        min_sync_period=0.0,
+        healthz_bind_address="127.0.0.1:0",
+        metrics_bind_address="127.0.0.1:0",
+    )
+
+
 def run_args(api: FakeAPIServer, lab: Lab, *extra: str) -> list[str]:
     return [
         "run",
@@ -108,10 +121,8 @@ def run_args(api: FakeAPIServer, lab: Lab, *extra: str) -> list[str]:
         "172.30.0.0/16",
         "--min-sync-period",
         "0",
-        "--healthz-bind-address",
-        "127.0.0.1:0",
-        "--metrics-bind-address",
-        "127.0.0.1:0",
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
         *extra,
     ]
 
@@ -129,8 +140,7 @@ def running() -> Iterator[Running]:
         api.apply(node(NODE_IPS[0]))
         api.apply(service(type="NodePort", ports=[{"name": "p", "port": 80, "nodePort": 30080}]))
         api.apply(slice_("svc", endpoint(ENDPOINTS[0]), name="svc-1"))
-        args = parser().parse_args(run_args(api, lab))
-        proxy = start_proxy(args, Options(args), Libnftables(lab.node))
+        proxy = start_proxy(settings_for(api), Libnftables(lab.node), netns=lab.node)
         thread = threading.Thread(target=proxy.loop.run, args=(proxy.stop, proxy.ready))
         thread.start()
         try:

@@ -213,7 +213,9 @@ def test_no_gap_while_reapplying(lab: tuple[Lab, Libnftables], tmp_path: Path) -
         manifest = tmp_path / "web.json"
         import json  # noqa: PLC0415
 
-        manifest.write_text(json.dumps({"kind": "List", "items": web(EPS[0], EPS[2])}))
+        manifest.write_text(
+            json.dumps({"apiVersion": "v1", "kind": "List", "items": web(EPS[0], EPS[2])})
+        )
         subprocess.run(
             [
                 sys.executable,
@@ -572,7 +574,9 @@ def test_diff_command_exit_codes_and_readers(
 
     lab_, _ = lab
     manifest = tmp_path / "web.json"
-    manifest.write_text(json.dumps({"kind": "List", "items": web(EPS[0], EPS[1])}))
+    manifest.write_text(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": web(EPS[0], EPS[1])})
+    )
     flags = ["-f", str(manifest), *NODE_FLAGS, "--netns", lab_.node]
     assert main(["apply", *flags, "--checkpoint", ""]) == 0
     capsys.readouterr()

@@ -43,7 +43,7 @@ class Watching:
             "node-a",
             host_ports=True,
             service_cidrs=False,
-            limiter=RateLimiter(0, 1),
+            limiter=RateLimiter(-1, 1),
         )
         self.reflectors = {
             w.kind: Reflector(
@@ -217,7 +217,7 @@ def test_an_unserved_resource_is_404() -> None:
                 "n",
                 host_ports=False,
                 service_cidrs=False,
-                limiter=RateLimiter(0, 1),
+                limiter=RateLimiter(-1, 1),
             )
         }
         assert watched_kinds == {"Service", "EndpointSlice", "Node"}

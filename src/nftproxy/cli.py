@@ -7,14 +7,32 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from nftproxy import log, names
-from nftproxy.config import ConfigError, parse_bool
+from nftproxy import __version__, log, names
+from nftproxy.config import ConfigError
+from nftproxy.flags import add_node_flags, add_run_flags, settings_of
 from nftproxy.gcpause import paused_gc
 from nftproxy.kernel import NftError
 from nftproxy.nft.errors import NetlinkError
 from nftproxy.nft.render import render_script
-from nftproxy.pipeline import desired, status
+from nftproxy.pipeline import desired, nothing_usable, status
+
+APPLY_EXIT_CODES = """exit codes:
+  0  applied as asked
+  1  applied, with objects kept at their previous state or skipped (see stderr)
+  2  nothing applied: input that is not Kubernetes objects, invalid objects whose
+     Service cannot be told, manifests without Services over a kernel that has
+     some (without --allow-empty), or an error"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: no abbreviated flags (``--bind-address`` is never taken
+    for ``--bind-address-hard-fail``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
 
 def add_filename_flag(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:
@@ -46,68 +64,6 @@ def add_manifest_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_node_flags(parser: argparse.ArgumentParser) -> None:
-    """The kube-proxy-compatible flags that describe the node and proxy settings."""
-    parser.add_argument(
-        "--hostname-override",
-        metavar="NAME",
-        help="node name: endpoints with this nodeName are local (default: hostname)",
-    )
-    parser.add_argument(
-        "--node-ip",
-        action="append",
-        metavar="IP",
-        help="node address, repeatable; first of each family is primary "
-        "(default: read from the host)",
-    )
-    parser.add_argument(
-        "--cluster-cidr",
-        metavar="CIDR[,CIDR]",
-        help="pod CIDRs; traffic from elsewhere to a ClusterIP is masqueraded",
-    )
-    parser.add_argument(
-        "--service-cidr",
-        metavar="CIDR[,CIDR]",
-        help="Service IP ranges; traffic to unallocated addresses is dropped",
-    )
-    parser.add_argument(
-        "--nodeport-addresses",
-        metavar="LIST",
-        help="comma list of CIDRs and the words primary (default) and all",
-    )
-    parser.add_argument(
-        "--masquerade-all",
-        action="store_true",
-        default=None,
-        help="masquerade all traffic to Services",
-    )
-    parser.add_argument(
-        "--detect-local-mode",
-        choices=("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix"),
-        help="how pod traffic is recognised: --cluster-cidr, the Node's podCIDRs, "
-        "--pod-bridge-interface or --pod-interface-name-prefix (default ClusterCIDR)",
-    )
-    parser.add_argument(
-        "--pod-bridge-interface", metavar="NAME", help="the bridge pods are attached to"
-    )
-    parser.add_argument(
-        "--pod-interface-name-prefix", metavar="PREFIX", help="pods' host-side interfaces' prefix"
-    )
-    parser.add_argument(
-        "--host-ports",
-        type=parse_bool_flag,
-        metavar="true|false",
-        help="program Pods' hostPorts (default true; false when the CNI portmap "
-        "plugin publishes them)",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="KubeProxyConfiguration file; flags given explicitly win",
-    )
-
-
 def add_netns_flag(parser: argparse.ArgumentParser) -> None:
     """Act inside a named network namespace instead of the current one."""
     parser.add_argument(
@@ -115,21 +71,13 @@ def add_netns_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_bool_flag(text: str) -> bool:
-    """``--flag=true|false`` as kube-proxy's boolean flags take them."""
-    try:
-        return parse_bool(text, "value")
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the nft script the proxy would apply for the given manifests."""
-    wanted = desired(args)
-    if wanted is None:
+    wanted = desired(settings_of(args), args.paths)
+    if nothing_usable(wanted):
         return 1
     sys.stdout.write(render_script(wanted.ruleset, names.TABLE))
-    return status(args, wanted.problems)
+    return status(args.strict, wanted.problems)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -173,13 +121,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser."""
-    top = argparse.ArgumentParser(prog="nftproxy", description=__doc__)
+    top = argparse.ArgumentParser(prog="nftproxy", description=__doc__, allow_abbrev=False)
     top.add_argument("--log-json", action="store_true", help="log JSON lines to stderr")
-    sub = top.add_subparsers(dest="command", required=True)
+    top.add_argument("--version", action="version", version=f"nftproxy {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     render = sub.add_parser("render", help="print the nft ruleset for manifests (dry run)")
     add_manifest_flags(render)
     render.set_defaults(func=cmd_render)
-    apply = sub.add_parser("apply", help="make the kernel hold the ruleset (one sync)")
+    apply = sub.add_parser(
+        "apply",
+        help="make the kernel hold the ruleset (one sync)",
+        description="Make the kernel hold the ruleset for the manifests, in one sync. "
+        "A Service whose input is invalid (the Service, one of its EndpointSlices, a "
+        "Pod with hostPorts) keeps what the kernel holds for it.",
+        epilog=APPLY_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_manifest_flags(apply)
     add_netns_flag(apply)
     apply.add_argument(
@@ -191,6 +148,17 @@ def parser() -> argparse.ArgumentParser:
         help="where to keep what was applied, so that a restart need not read "
         "the kernel back (default /var/lib/nftproxy/checkpoint; '' for none)",
     )
+    apply.add_argument(
+        "--prune-invalid",
+        action="store_true",
+        help="remove the rules of Services whose input is invalid instead of keeping them",
+    )
+    apply.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="apply manifests without any Service over a kernel that holds some (removes them all)",
+    )
+    apply.add_argument("--json", action="store_true", help="print the result as JSON")
     apply.set_defaults(func=cmd_apply)
     diff = sub.add_parser("diff", help="what differs between the ruleset and the kernel")
     add_manifest_flags(diff)
@@ -203,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
         help="read the kernel over netlink (default), or from nft's JSON listing "
         "(slower; a second opinion)",
     )
-    diff.set_defaults(func=cmd_diff)
+    diff.set_defaults(func=cmd_diff, prune_invalid=False)
     clean = sub.add_parser("cleanup", help="remove nftproxy's tables and nothing else")
     add_netns_flag(clean)
     clean.add_argument(
@@ -221,8 +189,6 @@ def parser() -> argparse.ArgumentParser:
     )
     add_node_flags(run)
     add_netns_flag(run)
-    from nftproxy.runflags import add_run_flags  # noqa: PLC0415
-
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
     explain = sub.add_parser(

@@ -11,8 +11,9 @@ from nftproxy import names
 from nftproxy.cli import add_filename_flag
 from nftproxy.config import ConfigError
 from nftproxy.explain import DNAT, Explainer, Outcome, summary
+from nftproxy.flags import settings_of
 from nftproxy.nft.model import Family, Table
-from nftproxy.pipeline import Options, desired, node_config
+from nftproxy.pipeline import desired, node_config, nothing_usable
 
 
 def add_explain_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +44,8 @@ def _table(args: argparse.Namespace, family: Family) -> Table | None:
         from nftproxy.kernel import Libnftables  # noqa: PLC0415 - only with --kernel
 
         return Libnftables(getattr(args, "netns", None)).read_table(family, names.TABLE)
-    wanted = desired(args)
-    if wanted is None:
+    wanted = desired(settings_of(args), args.paths, getattr(args, "netns", None))
+    if nothing_usable(wanted):
         return None
     return next((t for t in wanted.ruleset.tables if t.family == family), None)
 
@@ -59,7 +60,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             ipaddress.ip_address(args.src)
     except ValueError as err:
         raise ConfigError(f"explain: {err}") from None
-    node = node_config(Options(args))
+    node = node_config(settings_of(args), getattr(args, "netns", None))
     family = Family.IP if dst.version == 4 else Family.IP6
     local = frozenset(str(ip) for ip in node.ips)
     src = args.src

@@ -1,105 +1,64 @@
 """The one pipeline every command shares: settings and objects in, desired ruleset out.
 
 ``render``, ``apply`` and ``diff`` feed it manifests; ``run`` feeds it what the
-watches hold. Settings come from flags first, then the KubeProxyConfiguration
-file, then the host.
+watches hold. Settings come resolved (:mod:`nftproxy.settings`); the node's
+addresses and name, when the settings give none, from the host.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import NamedTuple
 
-from nftproxy import kubeproxyconfig, log
+from nftproxy import log
 from nftproxy.api.node import NodeInfo
 from nftproxy.build import build
 from nftproxy.config import (
-    DEFAULT_MASQUERADE_BIT,
     ConfigError,
     NodeConfig,
     parse_cidrs,
     parse_ips,
     parse_nodeport_addresses,
 )
-from nftproxy.manifests import load_paths
+from nftproxy.manifests import Loaded, load_paths
 from nftproxy.nft.model import Ruleset
 from nftproxy.objects import Sourced
 from nftproxy.problems import Problem
+from nftproxy.settings import Settings
 from nftproxy.state import ProxyState, compute_state
 
 NODE_CIDR = "NodeCIDR"
 
 
-class Options:
-    """Flags over the config file: ``pick(name)`` is the flag when given, else the
-    file's value, else ``default``."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        path = getattr(args, "config", None)
-        self.file: dict[str, Any] = {}
-        if path:
-            self.file, warnings = kubeproxyconfig.load(path)
-            for warning in warnings:
-                log.logger().warning("config field ignored", config=str(path), detail=warning)
-
-    def pick(self, name: str, default: Any = None) -> Any:
-        """The setting called name."""
-        value = getattr(self.args, name, None)
-        if value is None:
-            value = self.file.get(name)
-        return default if value is None else value
-
-
-def node_config(opts: Options) -> NodeConfig:
-    """Node settings from flags, then the config file, then the host."""
-    args = opts.args
-    if getattr(args, "node_ip", None):
-        ips = parse_ips(args.node_ip)
+def node_config(settings: Settings, netns: str | None = None) -> NodeConfig:
+    """The node's settings: the settings' addresses and name, else the host's."""
+    if settings.node_ips:
+        ips = parse_ips(list(settings.node_ips))
     else:
         from nftproxy.netinfo import node_ips  # noqa: PLC0415 - netlink only when asked
 
-        ips = node_ips(getattr(args, "netns", None))
-    if opts.pick("hostname_override"):
-        name = str(opts.pick("hostname_override"))
+        ips = node_ips(netns)
+    if settings.hostname_override:
+        name = settings.hostname_override
     else:
         from nftproxy.netinfo import hostname  # noqa: PLC0415 - netlink only when asked
 
         name = hostname()
-    pod_interface = pod_interface_of(opts)
+    pod_interface = settings.pod_interface
     return NodeConfig(
         name=name,
         ips=ips,
         pod_interface=pod_interface,
-        cluster_cidrs=() if pod_interface else parse_cidrs(opts.pick("cluster_cidr")),
-        service_cidrs=parse_cidrs(opts.pick("service_cidr")),
-        nodeport_addresses=parse_nodeport_addresses(opts.pick("nodeport_addresses")),
-        masquerade_all=bool(opts.pick("masquerade_all")),
-        masquerade_bit=int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT)),
-        host_ports=opts.pick("host_ports") is not False,
+        cluster_cidrs=() if pod_interface else parse_cidrs(list(settings.cluster_cidr)),
+        service_cidrs=parse_cidrs(list(settings.service_cidr)),
+        nodeport_addresses=parse_nodeport_addresses(list(settings.nodeport_addresses)),
+        masquerade_all=settings.masquerade_all,
+        masquerade_bit=settings.masquerade_bit,
+        host_ports=settings.host_ports,
     )
-
-
-def pod_interface_of(opts: Options) -> str | None:
-    """The interface pods' traffic comes in on, with the interface detectors
-    (``None`` with ClusterCIDR and NodeCIDR)."""
-    mode = opts.pick("detect_local_mode", "ClusterCIDR")
-    if mode == "BridgeInterface":
-        name = opts.pick("pod_bridge_interface")
-        if not name:
-            raise ConfigError("detectLocalMode BridgeInterface needs --pod-bridge-interface")
-        return str(name)
-    if mode == "InterfaceNamePrefix":
-        prefix = opts.pick("pod_interface_name_prefix")
-        if not prefix:
-            raise ConfigError(
-                "detectLocalMode InterfaceNamePrefix needs --pod-interface-name-prefix"
-            )
-        return f"{prefix}*"
-    return None
 
 
 def with_node(
@@ -127,6 +86,8 @@ class Wanted(NamedTuple):
     ruleset: Ruleset
     problems: list[Problem]
     state: ProxyState
+    loaded: Loaded | None = None
+    """The manifests it was built from (None: not from manifests)."""
 
 
 def wanted(objects: Iterable[Sourced], node: NodeConfig) -> Wanted:
@@ -135,14 +96,22 @@ def wanted(objects: Iterable[Sourced], node: NodeConfig) -> Wanted:
     return Wanted(build(state), list(state.problems), state)
 
 
-def desired(args: argparse.Namespace) -> Wanted | None:
-    """The desired ruleset from manifests, or None when nothing usable was read.
+class InputError(ConfigError):
+    """Input that is not Kubernetes objects: nothing is applied (exit 2)."""
+
+
+def desired(settings: Settings, paths: list[Path], netns: str | None = None) -> Wanted:
+    """The desired ruleset from manifests. Input that is not Kubernetes objects
+    raises :class:`InputError` after every such problem is printed.
 
     A Node named as this node among them, and ServiceCIDRs, count as in ``run``.
     """
-    opts = Options(args)
-    loaded = load_paths(args.paths)
-    base = node_config(opts)
+    loaded = load_paths(paths)
+    for error in loaded.errors:
+        print(f"nftproxy: {error}", file=sys.stderr)
+    if loaded.errors:
+        raise InputError("nothing done: the input is not (only) Kubernetes objects")
+    base = node_config(settings, netns)
     this = [n for _, n in loaded.nodes if n.name == base.name]
     loaded.problems += [
         Problem(
@@ -151,17 +120,28 @@ def desired(args: argparse.Namespace) -> Wanted | None:
         for src, n in loaded.nodes
         if n.name != base.name
     ]
-    detect_local = str(opts.pick("detect_local_mode", "ClusterCIDR"))
-    node = with_node(base, this[-1] if this else None, tuple(loaded.service_cidrs), detect_local)
-    ruleset, skipped, state = wanted(loaded.objects, node)
-    problems = [*loaded.problems, *skipped]
+    node = with_node(
+        base, this[-1] if this else None, tuple(loaded.service_cidrs), settings.detect_local_mode
+    )
+    built = wanted(loaded.objects, node)
+    problems = [*loaded.problems, *built.problems]
     log.report(problems)
-    if not loaded.objects and any(not p.note for p in problems):
-        print("nftproxy: nothing usable could be read", file=sys.stderr)
-        return None
-    return Wanted(ruleset, problems, state)
+    return built._replace(problems=problems, loaded=loaded)
 
 
-def status(args: argparse.Namespace, problems: list[Problem]) -> int:
+def nothing_usable(wanted: Wanted) -> bool:
+    """Whether every object read was invalid (said on stderr)."""
+    if wanted.loaded is None or wanted.loaded.objects or not has_errors(wanted.problems):
+        return False
+    print("nftproxy: nothing usable could be read", file=sys.stderr)
+    return True
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    """Whether any problem is an invalid object (not a deliberate skip)."""
+    return any(not p.note for p in problems)
+
+
+def status(strict: bool, problems: list[Problem]) -> int:
     """1 with --strict when an object was invalid, else 0."""
-    return 1 if args.strict and any(not p.note for p in problems) else 0
+    return 1 if strict and has_errors(problems) else 0

@@ -10,42 +10,40 @@ out of its scans (``gc.freeze``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
+import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nftproxy import log, sysctls
+from nftproxy import __version__, log, sysctls
 from nftproxy.api.cache import Cache
 from nftproxy.api.client import RateLimiter, api_client, serves_service_cidrs, watched
 from nftproxy.api.reflector import Reflector
 from nftproxy.cleanup import cleanup
-from nftproxy.config import (
-    DEFAULT_MASQUERADE_BIT,
-    ConfigError,
-    parse_cidrs,
-    parse_nodeport_addresses,
-)
+from nftproxy.config import ConfigError
 from nftproxy.features import missing_features
+from nftproxy.flags import is_on, settings_of
 from nftproxy.kernel import Kernel, Libnftables
 from nftproxy.loop import Loop, Timing
-from nftproxy.pipeline import Options, node_config, pod_interface_of
-from nftproxy.runflags import HEALTHZ_DEFAULT, METRICS_DEFAULT
+from nftproxy.pipeline import node_config
 from nftproxy.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.serve.http import HttpServers
 from nftproxy.serve.metrics import Metrics
+from nftproxy.settings import Settings, kubeproxy
+
+DEBUG_VERBOSITY = 4
+"""klog's -v at which kube-proxy logs debug detail."""
 
 
 def _split_host_port(text: str) -> tuple[str, int]:
+    """A validated ``IP:port`` (``[IPv6]:port``) address."""
     host, _, port = text.rpartition(":")
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        raise ConfigError(f"{text!r}: want HOST:PORT") from None
+    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -77,49 +75,28 @@ class Proxy:
         self.servers.close_all()
 
 
-def timing(opts: Options) -> Timing:
-    """The loop's periods from flags and config."""
+def timing(settings: Settings) -> Timing:
+    """The loop's periods."""
     return Timing(
-        min_sync=float(opts.pick("min_sync_period", 1.0)),
-        sync_period=float(opts.pick("sync_period", 30.0)),
-        drift_period=float(opts.pick("drift_check_period", 60.0)) or float("inf"),
+        min_sync=settings.min_sync_period,
+        sync_period=settings.sync_period,
+        drift_period=settings.drift_check_period or float("inf"),
     )
 
 
-def checked_settings(opts: Options) -> dict[str, Any]:
-    """Every setting ``run`` takes from flags and config, validated, without touching
-    the host or the cluster: what ``--check-config`` prints."""
-    out: dict[str, Any] = {"config": str(opts.args.config) if opts.args.config else None}
-    out.update(dataclasses.asdict(timing(opts)))
-    for what, default in (("healthz", HEALTHZ_DEFAULT), ("metrics", METRICS_DEFAULT)):
-        address = opts.pick(f"{what}_bind_address", default)
-        if address:
-            _split_host_port(str(address))
-        out[f"{what}_bind_address"] = address
-    out["cluster_cidr"] = [str(c) for c in parse_cidrs(opts.pick("cluster_cidr"))]
-    out["service_cidr"] = [str(c) for c in parse_cidrs(opts.pick("service_cidr"))]
-    out["nodeport_addresses"] = list(parse_nodeport_addresses(opts.pick("nodeport_addresses")))
-    for name in (
-        "hostname_override",
-        "detect_local_mode",
-        "kubeconfig",
-        "qps",
-        "burst",
-    ):
-        out[name] = opts.pick(name)
-    out["pod_interface"] = pod_interface_of(opts)  # and the mode that needs it has it
-    out["masquerade_all"] = bool(opts.pick("masquerade_all"))
-    out["masquerade_bit"] = int(opts.pick("masquerade_bit", DEFAULT_MASQUERADE_BIT))
-    out["host_ports"] = opts.pick("host_ports") is not False
-    out["sysctls"] = sysctls.wanted(opts.pick)
-    return out
+def checked_settings(settings: Settings) -> dict[str, Any]:
+    """What ``--check-config`` prints: the settings ``run`` runs with, and the
+    sysctls they make it write."""
+    return {**settings.as_dict(), "sysctls": sysctls.wanted(settings)}
 
 
-def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
+def build_proxy(
+    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+) -> Proxy:
     """Everything ``run`` runs, wired, not started."""
-    base = node_config(opts)
+    base = node_config(settings, netns)
     metrics = Metrics()
-    periods = timing(opts)
+    periods = timing(settings)
     health = ProxyHealth(2 * periods.sync_period, metrics)
     servers = HttpServers()
     stop = threading.Event()
@@ -131,13 +108,13 @@ def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Prox
         metrics=metrics,
         health=health,
         # In shadow mode (--dry-run beside kube-proxy) its healthCheckNodePorts are kube-proxy's.
-        services=None if args.dry_run else ServiceHealthServers(servers, health),
-        detect_local=str(opts.pick("detect_local_mode", "ClusterCIDR")),
-        dry_run=args.dry_run,
+        services=None if dry_run else ServiceHealthServers(servers, health),
+        detect_local=settings.detect_local_mode,
+        dry_run=dry_run,
     )
     loop.cache.on_change = loop.changed
-    api = api_client(master=args.master, kubeconfig=opts.pick("kubeconfig"))
-    limiter = RateLimiter(float(opts.pick("qps", 0) or 0), int(opts.pick("burst", 10) or 10))
+    api = api_client(master=settings.master, kubeconfig=settings.kubeconfig)
+    limiter = RateLimiter(settings.qps, settings.burst)
     what = watched(
         api,
         base.name,
@@ -149,15 +126,17 @@ def build_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Prox
     return Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
 
 
-def _listen(proxy: Proxy, opts: Options) -> None:
+def _listen(proxy: Proxy, settings: Settings) -> None:
     """Open /healthz+/livez and /metrics; a bind failure is fatal only with
     bindAddressHardFail, as in kube-proxy."""
-    hard = bool(opts.pick("bind_address_hard_fail", False))
-    for what, default in (("healthz", HEALTHZ_DEFAULT), ("metrics", METRICS_DEFAULT)):
-        address = opts.pick(f"{what}_bind_address", default)
+    hard = settings.bind_address_hard_fail
+    for what, address in (
+        ("healthz", settings.healthz_bind_address),
+        ("metrics", settings.metrics_bind_address),
+    ):
         if not address:
             continue
-        host, port = _split_host_port(str(address))
+        host, port = _split_host_port(address)
         if what == "healthz":
             handler = proxy.health.healthz
         else:
@@ -180,12 +159,14 @@ def _listen(proxy: Proxy, opts: Options) -> None:
         setattr(proxy, f"{what}_port", bound)
 
 
-def start_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Proxy:
+def start_proxy(
+    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+) -> Proxy:
     """Build the proxy, open its servers and start watching; the loop is the caller's."""
-    proxy = build_proxy(args, opts, kernel)
+    proxy = build_proxy(settings, kernel, dry_run=dry_run, netns=netns)
     proxy.servers.__enter__()
     try:
-        _listen(proxy, opts)
+        _listen(proxy, settings)
     except BaseException:
         proxy.close()
         raise
@@ -195,16 +176,18 @@ def start_proxy(args: argparse.Namespace, opts: Options, kernel: Kernel) -> Prox
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
-    opts = Options(args)
-    if args.check_config:
-        print(json.dumps(checked_settings(opts), indent=2, default=str))
+    if args.version:
+        print(f"nftproxy {__version__}")
         return 0
-    if args.cleanup:
-        for what in cleanup(Libnftables(args.netns), kube_proxy=True, netns=args.netns):
-            print(f"removed {what}")
+    settings = settings_of(args)
+    log.configure(
+        json=args.log_json or settings.log_format == "json",
+        level=logging.DEBUG if settings.log_verbosity >= DEBUG_VERBOSITY else logging.INFO,
+    )
+    if _one_shot(args, settings):
         return 0
-    sysctls.apply(sysctls.wanted(opts.pick), args.netns)
-    if args.init_only:
+    sysctls.apply(sysctls.wanted(settings), args.netns)
+    if is_on(args, "init_only"):
         return 0
     kernel = Libnftables(args.netns)
     missing = missing_features(kernel)
@@ -212,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for feature, error in missing:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
-    proxy = start_proxy(args, opts, kernel)
+    proxy = start_proxy(settings, kernel, dry_run=is_on(args, "dry_run"), netns=args.netns)
     received = _on_signals(proxy)
     log.logger().info(
         "started", node=proxy.loop.base.name, healthz=proxy.healthz_port, metrics=proxy.metrics_port
@@ -223,6 +206,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy.close()
     log.logger().info("stopped; the rules stay in the kernel", signal=",".join(received) or None)
     return 0
+
+
+def _one_shot(args: argparse.Namespace, settings: Settings) -> bool:
+    """--write-config-to, --check-config and --cleanup: done, and nothing runs after."""
+    if args.write_config_to:
+        write_config(settings, Path(args.write_config_to))
+    elif is_on(args, "check_config"):
+        print(json.dumps(checked_settings(settings), indent=2, default=str))
+    elif is_on(args, "cleanup"):
+        for what in cleanup(Libnftables(args.netns), kube_proxy=True, netns=args.netns):
+            print(f"removed {what}")
+    else:
+        return False
+    return True
+
+
+def write_config(settings: Settings, path: Path) -> None:
+    """--write-config-to: the effective KubeProxyConfiguration, every field written out."""
+    import yaml  # noqa: PLC0415 - only for this action
+
+    path.write_text(yaml.safe_dump(kubeproxy.document(settings), sort_keys=True))
+    log.logger().info("wrote the configuration", file=str(path))
 
 
 def _on_signals(proxy: Proxy) -> list[str]:

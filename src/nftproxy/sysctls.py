@@ -10,20 +10,13 @@ namespace may set it); the timeouts are per network namespace.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nftproxy import log
 from nftproxy.kernel import in_netns
+from nftproxy.settings import Settings
 
 ROOT = Path("/proc/sys/net/netfilter")
-DEFAULTS = {
-    "conntrack_max_per_core": 32768,
-    "conntrack_min": 131072,
-    "conntrack_tcp_established_timeout": 86400.0,
-    "conntrack_tcp_close_wait_timeout": 3600.0,
-}
 TIMEOUTS = {
     "conntrack_tcp_established_timeout": "nf_conntrack_tcp_timeout_established",
     "conntrack_tcp_close_wait_timeout": "nf_conntrack_tcp_timeout_close_wait",
@@ -32,18 +25,17 @@ TIMEOUTS = {
 }
 
 
-def wanted(pick: Callable[[str, Any], Any]) -> dict[str, int]:
+def wanted(settings: Settings) -> dict[str, int]:
     """sysctl name (under net/netfilter) -> value, from the settings."""
     out: dict[str, int] = {}
-    per_core = int(pick("conntrack_max_per_core", DEFAULTS["conntrack_max_per_core"]))
+    per_core = settings.conntrack_max_per_core
     if per_core > 0:
-        minimum = int(pick("conntrack_min", DEFAULTS["conntrack_min"]))
-        out["nf_conntrack_max"] = max(per_core * (os.cpu_count() or 1), minimum)
+        out["nf_conntrack_max"] = max(per_core * (os.cpu_count() or 1), settings.conntrack_min)
     for opt, name in TIMEOUTS.items():
-        seconds = float(pick(opt, DEFAULTS.get(opt, 0.0)))
+        seconds = float(getattr(settings, opt))
         if seconds > 0:
             out[name] = int(seconds)
-    if pick("conntrack_tcp_be_liberal", False):
+    if settings.conntrack_tcp_be_liberal:
         out["nf_conntrack_tcp_be_liberal"] = 1
     return out
 

@@ -28,19 +28,24 @@ def api_client(*, master: str | None, kubeconfig: str | None) -> Any:
     return client.ApiClient(cfg)
 
 
+DEFAULT_QPS = 5.0
+DEFAULT_BURST = 10
+
+
 class RateLimiter:
-    """A token bucket shared by the reflectors: ``clientConnection.qps`` and ``burst``."""
+    """A token bucket shared by the reflectors: ``clientConnection.qps`` and ``burst``,
+    as client-go takes them: 0 means its default (5 and 10), a negative QPS no limit."""
 
     def __init__(self, qps: float, burst: int) -> None:
-        self.qps = qps
-        self.burst = max(burst, 1)
+        self.qps = qps or DEFAULT_QPS
+        self.burst = max(burst or DEFAULT_BURST, 1)
         self._tokens = float(self.burst)
         self._at = time.monotonic()
         self._lock = threading.Lock()
 
     def wait(self) -> None:
         """Block until a request may go."""
-        if self.qps <= 0:
+        if self.qps < 0:
             return
         with self._lock:
             now = time.monotonic()

@@ -151,7 +151,7 @@ def _proxy(api: FakeAPIServer, lab: Lab) -> Iterator[tuple[subprocess.Popen[str]
         *("--master", api.url, "--netns", lab.node, "--hostname-override", "node-a"),
         *("--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16"),
         *("--service-cidr", "10.96.0.0/12", "--min-sync-period", "0"),
-        *("--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0"),
+        *("--healthz-bind-address=", "--metrics-bind-address="),  # none: no port to share
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
