@@ -11,12 +11,12 @@ import os
 from setuptools import setup
 
 COMPILED = [
-    "src/nftproxy/manifests.py",
-    "src/nftproxy/objects.py",
-    "src/nftproxy/state.py",
-    "src/nftproxy/build.py",
-    "src/nftproxy/names.py",
-    "src/nftproxy/plan.py",
+    "src/nftproxy/k8s/manifests.py",
+    "src/nftproxy/k8s/objects.py",
+    "src/nftproxy/proxy/state.py",
+    "src/nftproxy/ruleset/build.py",
+    "src/nftproxy/ruleset/names.py",
+    "src/nftproxy/sync/plan.py",
     "src/nftproxy/nft/expressions.py",
     "src/nftproxy/nft/read.py",
     "src/nftproxy/nft/render.py",

@@ -29,7 +29,10 @@ from nftproxy.lab.netns import Lab
 def _run(*args: str) -> float:
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "nftproxy.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "nftproxy.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     seconds = time.perf_counter() - start
     if done.returncode not in (0, 1):

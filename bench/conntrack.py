@@ -25,9 +25,9 @@ from typing import Any
 
 from cluster import NODE_IP, NODE_NAME, cluster
 
-from nftproxy.build import build
-from nftproxy.config import NodeConfig, parse_cidrs
-from nftproxy.conntrack import (
+from nftproxy.k8s.manifests import Loaded, load_objects
+from nftproxy.lab.netns import Lab
+from nftproxy.nft.conntrack import (
     CTA_IP_V4_DST,
     CTA_IP_V4_SRC,
     CTA_PROTO_DST_PORT,
@@ -41,12 +41,12 @@ from nftproxy.conntrack import (
     NLA_F_NESTED,
     StalePlan,
 )
-from nftproxy.kernel import Libnftables, in_netns
-from nftproxy.lab.netns import Lab
-from nftproxy.manifests import Loaded, load_objects
+from nftproxy.nft.kernel import Libnftables, in_netns
 from nftproxy.nft.wire import encode
-from nftproxy.state import ProxyState, compute_state, serving_flows
-from nftproxy.sync import stale_plan, sync
+from nftproxy.proxy.state import ProxyState, compute_state, serving_flows
+from nftproxy.ruleset.build import build
+from nftproxy.settings.node import NodeConfig, parse_cidrs
+from nftproxy.sync.apply import stale_plan, sync
 
 NODE = NodeConfig(
     NODE_NAME,

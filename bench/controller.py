@@ -34,10 +34,10 @@ from typing import Any
 
 from cluster import NODE_FLAGS, NODE_IP, NODE_NAME, cluster
 
-from nftproxy.kernel import Libnftables
+from nftproxy.controller.proxy import Proxy, start_proxy
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.netns import Lab
-from nftproxy.runcmd import Proxy, start_proxy
+from nftproxy.nft.kernel import Libnftables
 from nftproxy.settings import Settings
 
 

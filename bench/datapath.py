@@ -22,14 +22,14 @@ import time
 
 from cluster import NODE_IP
 
-from nftproxy import names
-from nftproxy.build import build
-from nftproxy.config import NodeConfig
+from nftproxy.k8s.manifests import Loaded, load_objects
 from nftproxy.lab.netns import Lab
 from nftproxy.lab.probe import namespace
-from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.render import render_script
-from nftproxy.state import compute_state
+from nftproxy.proxy.state import compute_state
+from nftproxy.ruleset import names
+from nftproxy.ruleset.build import build
+from nftproxy.settings.node import NodeConfig
 
 CLIENT = "10.0.0.2"
 SERVER = "10.200.0.2"

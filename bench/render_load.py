@@ -52,7 +52,15 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
     manifest = workdir / f"cluster-{services}.json"
     manifest.write_text(json.dumps(cluster(services, endpoints)))
     script = workdir / f"ruleset-{services}.nft"
-    render_cmd = [sys.executable, "-m", "nftproxy.cli", "render", "-f", str(manifest), *NODE_FLAGS]
+    render_cmd = [
+        sys.executable,
+        "-m",
+        "nftproxy.cli",
+        "render",
+        "-f",
+        str(manifest),
+        *NODE_FLAGS,
+    ]
     renders, rss = [], []
     for _ in range(runs):
         with script.open("w") as out:

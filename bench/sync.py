@@ -24,15 +24,15 @@ from typing import Any, TypeVar
 
 from cluster import NODE_IP, NODE_NAME, cluster
 
-from nftproxy.build import build
-from nftproxy.config import NodeConfig, parse_cidrs
-from nftproxy.kernel import Libnftables
+from nftproxy.k8s.manifests import Loaded, load_objects
 from nftproxy.lab.netns import Lab
-from nftproxy.manifests import Loaded, load_objects
+from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Ruleset
 from nftproxy.nft.transaction import AddElements, DeleteElements
-from nftproxy.state import compute_state
-from nftproxy.sync import drift, read_tables, sync
+from nftproxy.proxy.state import compute_state
+from nftproxy.ruleset.build import build
+from nftproxy.settings.node import NodeConfig, parse_cidrs
+from nftproxy.sync.apply import drift, read_tables, sync
 
 T = TypeVar("T")
 NODE = NodeConfig(

@@ -55,5 +55,5 @@ rm -rf build
 "$venv/bin/python" scripts/link_nftables.py
 "$venv/bin/python" -c 'import nftables, pyroute2, kubernetes, tenacity, structlog'
 if [ "${NFTPROXY_COMPILE:-1}" != 0 ]; then
-    "$venv/bin/python" -c 'import nftproxy.objects as m; assert m.__file__.endswith(".so"), m.__file__'
+    "$venv/bin/python" -c 'import nftproxy.k8s.objects as m; assert m.__file__.endswith(".so"), m.__file__'
 fi

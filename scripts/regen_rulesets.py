@@ -12,7 +12,7 @@ import io
 import sys
 from pathlib import Path
 
-from nftproxy.cli import main as nftproxy
+from nftproxy.cli.main import main as nftproxy
 
 ROOT = Path(__file__).resolve().parent.parent / "rulesets"
 

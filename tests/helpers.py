@@ -6,10 +6,10 @@ import ipaddress
 from dataclasses import replace
 from typing import Any
 
-from nftproxy.config import NodeConfig
-from nftproxy.manifests import Loaded, load_objects
+from nftproxy.k8s.manifests import Loaded, load_objects
 from nftproxy.nft.model import Table
-from nftproxy.state import ProxyState, compute_state
+from nftproxy.proxy.state import ProxyState, compute_state
+from nftproxy.settings.node import NodeConfig
 
 NODE_FLAGS = [
     "--hostname-override",

@@ -10,8 +10,6 @@ import logging
 import sys
 from typing import Any
 
-from nftproxy.problems import Problem
-
 _settings = {"json": False, "level": logging.INFO, "ready": False}
 
 
@@ -42,19 +40,3 @@ def logger(name: str = "nftproxy") -> Any:
         )
         _settings["ready"] = True
     return structlog.get_logger(name)
-
-
-def report(problems: list[Problem] | tuple[Problem, ...]) -> None:
-    """Log every problem: errors as warnings, deliberate skips as info."""
-    if not problems:
-        return
-    log = logger()
-    for p in problems:
-        emit = log.info if p.note else log.warning
-        emit(
-            "skipped" if p.note else "invalid object skipped",
-            source=p.source or None,
-            object=p.obj or None,
-            field=p.field or None,
-            reason=p.message,
-        )

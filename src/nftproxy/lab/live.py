@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from nftproxy import names
-from nftproxy.explain import Explainer
-from nftproxy.explaincli import describe
-from nftproxy.kernel import Libnftables
+from nftproxy.diagnose.describe import describe
+from nftproxy.diagnose.explain import Explainer
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.lab.probe import Reached, connect
+from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Family
+from nftproxy.ruleset import names
 
 NODE_IP = "192.168.0.2"
 CLIENT = "203.0.113.2"

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from nftproxy.objects import IPAddress
+from nftproxy.k8s.objects import IPAddress
 
 LINK4 = ipaddress.ip_address("100.64.0.1")
 LINK6 = ipaddress.ip_address("fd00:64::1")

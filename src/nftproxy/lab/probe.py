@@ -8,12 +8,10 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyroute2.netns import popns, pushns
-
 from nftproxy.lab.sctp import init_packet
+from nftproxy.nft.kernel import in_netns
 
 REJECT = "REJECT"
 DROP = "DROP"
@@ -33,14 +31,9 @@ class Reached:
 Outcome = Reached | str
 
 
-@contextlib.contextmanager
-def namespace(ns: str) -> Iterator[None]:
+def namespace(ns: str) -> contextlib.AbstractContextManager[None]:
     """Run the block with this thread inside ns (sockets made there stay there)."""
-    pushns(ns)
-    try:
-        yield
-    finally:
-        popns()
+    return in_netns(ns)
 
 
 def _socket(ns: str, dst: str, kind: int, proto: int = 0) -> socket.socket:

@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from nftproxy import names
-from nftproxy.build import build
-from nftproxy.config import NodeConfig, parse_cidrs
+from nftproxy.k8s.manifests import Loaded, load_objects
+from nftproxy.k8s.objects import EndpointSlice, IPAddress, IPNetwork
 from nftproxy.lab.netns import LINK4, LINK6, Lab
 from nftproxy.lab.probe import (
     DROP,
@@ -31,10 +30,11 @@ from nftproxy.lab.probe import (
     send_sctp_init,
     wait_for_line,
 )
-from nftproxy.manifests import Loaded, load_objects
 from nftproxy.nft.render import format_addr_port, render_script
-from nftproxy.objects import EndpointSlice, IPAddress, IPNetwork
-from nftproxy.state import compute_state
+from nftproxy.proxy.state import compute_state
+from nftproxy.ruleset import names
+from nftproxy.ruleset.build import build
+from nftproxy.settings.node import NodeConfig, parse_cidrs
 
 TRIES = 40
 """Connections per case with several endpoints: all must be allowed ones, and every

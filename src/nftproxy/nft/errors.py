@@ -9,6 +9,10 @@ from __future__ import annotations
 import errno
 
 
+class NoSuchNetnsError(ValueError):
+    """A named network namespace that does not exist (pyroute2 would create it)."""
+
+
 class NetlinkError(OSError):
     """The kernel answered a request with an error."""
 

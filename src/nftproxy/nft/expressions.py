@@ -4,7 +4,7 @@ nft compiles each term into a few register operations (``ip daddr 10.0.0.1``
 is a payload load into a register and a compare). This module runs those
 operations symbolically: loads put a field in a register, compares, lookups
 and statements take it out and become terms. It knows only the shapes
-:mod:`nftproxy.build` writes; anything else becomes a :class:`Raw` term that
+:mod:`nftproxy.ruleset.build` writes; anything else becomes a :class:`Raw` term that
 never equals a desired one, so a hand-written rule always shows up in a diff.
 """
 

@@ -3,7 +3,7 @@
 The second reader, next to the netlink one (:mod:`nftproxy.nft.read`), which
 is about four times faster; ``diff --reader nft`` uses this one, and the tests
 check that both agree. nft's JSON is read into exactly the objects
-:mod:`nftproxy.build` makes,
+:mod:`nftproxy.ruleset.build` makes,
 so rules compare by meaning: nft's own normalisations (``reject with tcp reset``
 swallowing its ``meta l4proto tcp`` match, ``ct state new`` listed as a set
 membership, a /32 prefix listed as an address) are undone here, in one place.

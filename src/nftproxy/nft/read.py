@@ -20,10 +20,10 @@ from typing import TypeVar
 
 import tenacity
 
-from nftproxy.gcpause import paused_gc
 from nftproxy.nft import values
 from nftproxy.nft.errors import DumpInterruptedError, NetlinkError
 from nftproxy.nft.expressions import VERDICTS, Rules, verdict
+from nftproxy.nft.gcpause import paused_gc
 from nftproxy.nft.model import (
     BaseHook,
     Chain,

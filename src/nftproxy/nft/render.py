@@ -9,9 +9,9 @@ transaction, so the replacement is atomic: there is no moment without rules.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Iterator
 
-from nftproxy import names
 from nftproxy.nft.model import (
     BaseHook,
     Chain,
@@ -57,6 +57,12 @@ from nftproxy.nft.transaction import (
     Transaction,
     WakeTable,
 )
+
+COMMENT_MAX = 128
+"""nft refuses a comment longer than 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN)."""
+COMMENT_SAFE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+"""What a comment may hold: printable ASCII but ``"`` and ``\\``. nft's quoted
+strings have no escapes, so no quote, backslash or control character may reach it."""
 
 _FIELDS = {
     Field.L4PROTO: "meta l4proto",
@@ -152,9 +158,9 @@ def quoted(text: str) -> str:
 
     nft's quoted strings know no escapes: a quote would end the string and let the
     rest be read as commands. The builder makes every comment safe
-    (:func:`nftproxy.names.comment`); this is the last check before nft.
+    (:func:`nftproxy.ruleset.names.comment`); this is the last check before nft.
     """
-    if len(text.encode()) > names.COMMENT_MAX or not names.COMMENT_SAFE.fullmatch(text):
+    if len(text.encode()) > COMMENT_MAX or not COMMENT_SAFE.fullmatch(text):
         raise UnsafeTextError(f"refusing to write {text!r} into an nft comment")
     return f'"{text}"'
 
@@ -236,6 +242,18 @@ def chain_targets(chain: Chain) -> Iterator[str]:
         for term in rule.terms:
             if isinstance(term, Verdict) and term.chain is not None:
                 yield term.chain
+
+
+def set_references(chain: Chain) -> Iterator[str]:
+    """The sets and maps a chain's rules use."""
+    for rule in chain.rules:
+        for term in rule.terms:
+            if isinstance(term, (VMap, DnatMap)):
+                yield term.map
+            elif isinstance(term, SetUpdate):
+                yield term.set
+            elif isinstance(term, Match) and isinstance(term.value, SetRef):
+                yield term.value.name
 
 
 def ordered_chains(chains: Iterable[Chain]) -> list[Chain]:

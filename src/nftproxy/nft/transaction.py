@@ -1,6 +1,6 @@
 """A transaction: an ordered list of changes to one table, applied atomically.
 
-``plan`` (in :mod:`nftproxy.plan`) makes one; :mod:`nftproxy.nft.render` prints
+``plan`` (in :mod:`nftproxy.sync.plan`) makes one; :mod:`nftproxy.nft.render` prints
 it as the exact text libnftables receives (and ``--dry-run`` shows).
 """
 

@@ -2,7 +2,7 @@
 ports, ranges.
 
 Used for set elements and for the constants in rules (:func:`scalar` reads,
-:func:`pack` writes what it reads). The text is what :mod:`nftproxy.build` writes (canonical
+:func:`pack` writes what it reads). The text is what :mod:`nftproxy.ruleset.build` writes (canonical
 addresses, protocol names, decimal ports), so read-back objects compare equal.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nftproxy.config import ConfigError
+from nftproxy.settings.node import ConfigError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nftproxy.config import ConfigError, parse_bool
 from nftproxy.settings.durations import format_duration, parse_duration
 from nftproxy.settings.model import Settings
+from nftproxy.settings.node import ConfigError, parse_bool
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"

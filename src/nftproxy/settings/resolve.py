@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nftproxy.config import ConfigError
 from nftproxy.settings import kubeproxy, validate
 from nftproxy.settings.model import DEFAULTS, HEALTHZ_PORT, METRICS_PORT, NAMES, Settings
+from nftproxy.settings.node import ConfigError
 
 Sourced = kubeproxy.Sourced
 

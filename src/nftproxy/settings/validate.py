@@ -9,8 +9,8 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from nftproxy.config import ALL, PRIMARY
 from nftproxy.settings.model import DETECT_LOCAL_MODES, LOG_FORMATS
+from nftproxy.settings.node import ALL, PRIMARY
 
 Check = Callable[[Any], str | None]
 """A rule: None when the value is valid, else what is wrong."""

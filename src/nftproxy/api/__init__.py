@@ -1,1 +1,0 @@
-"""The Kubernetes API side: list and watch, and the objects received."""

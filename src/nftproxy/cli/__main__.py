@@ -1,0 +1,7 @@
+"""``python -m nftproxy.cli``."""
+
+import sys
+
+from nftproxy.cli.main import main
+
+sys.exit(main())

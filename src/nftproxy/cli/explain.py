@@ -1,0 +1,59 @@
+"""``nftproxy explain``: one connection through the rules, from manifests or the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+
+from nftproxy.cli.flags import (
+    settings_of,
+)
+from nftproxy.diagnose.describe import describe
+from nftproxy.diagnose.explain import Explainer, summary
+from nftproxy.nft.kernel import Libnftables
+from nftproxy.nft.model import Family, Table
+from nftproxy.ruleset import names
+from nftproxy.ruleset.pipeline import desired, nothing_usable
+from nftproxy.settings.node import ConfigError, node_config
+
+
+def _table(args: argparse.Namespace, family: Family) -> Table | None:
+    if args.kernel:
+        return Libnftables(getattr(args, "netns", None)).read_table(family, names.TABLE)
+    wanted = desired(settings_of(args), args.paths, getattr(args, "netns", None))
+    if nothing_usable(wanted):
+        return None
+    return next((t for t in wanted.ruleset.tables if t.family == family), None)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print where a new connection goes, and why."""
+    if bool(args.paths) == bool(args.kernel):
+        raise ConfigError("explain: give -f manifests or --kernel (one of them)")
+    try:
+        dst = ipaddress.ip_address(args.dst)
+        if args.src != "node":
+            ipaddress.ip_address(args.src)
+    except ValueError as err:
+        raise ConfigError(f"explain: {err}") from None
+    node = node_config(settings_of(args), getattr(args, "netns", None))
+    family = Family.IP if dst.version == 4 else Family.IP6
+    local = frozenset(str(ip) for ip in node.ips)
+    src = args.src
+    if src == "node":
+        src = next((str(ip) for ip in node.ips if ip.version == dst.version), None)
+        if src is None:
+            raise ConfigError(f"--from node: the node has no IPv{dst.version} address")
+    elif ipaddress.ip_address(src).version != dst.version:
+        raise ConfigError("--from and --to must be of one IP family")
+    table = _table(args, family)
+    if table is None:
+        raise ConfigError(f"no table {family.value} {names.TABLE} to explain")
+    outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto, args.iif)
+    if args.json:
+        print(json.dumps(summary(outcomes), indent=2))
+    else:
+        sys.stdout.write(describe(outcomes, src, str(dst), args.port, args.proto))
+    return 0

@@ -1,0 +1,346 @@
+"""The sync loop of ``nftproxy run``: the cache's changes in, the kernel in step.
+
+One thread applies; the watch handlers only record (see :mod:`nftproxy.k8s.cache`).
+Each sync computes the desired ruleset from every object held, plans it against
+what was last applied (kept in memory: the kernel is not read back) and applies
+the difference as one transaction. When is the runner's to say
+(:mod:`~nftproxy.controller.runner`): at most one sync per ``min_sync``, one every
+``sync_period`` even without changes, a drift check every ``drift_period``; after
+a failure the next sync replaces the tables whole. After each successful sync the
+after-sync steps (:mod:`~nftproxy.sync.after`: stale conntrack flows, affinity),
+then the observer (:mod:`~nftproxy.controller.observe`: healthCheckNodePort
+servers, healthz, metrics, the log line).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from nftproxy import log
+from nftproxy.controller.observe import Done, Observer
+from nftproxy.controller.runner import Runner, Step
+from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
+from nftproxy.controller.serve.metrics import Metrics
+from nftproxy.k8s.cache import Cache, Changes, Snapshot
+from nftproxy.nft.gcpause import paused_gc
+from nftproxy.nft.kernel import Kernel, NftError
+from nftproxy.nft.model import Family, Ruleset, Table
+from nftproxy.nft.transaction import AddSet, DeleteSet, Transaction
+from nftproxy.proxy.state import ServicePort, compute_state
+from nftproxy.ruleset.applied import Change, FamilyIndex, OwnerKey, by_owner
+from nftproxy.ruleset.build import present
+from nftproxy.ruleset.slots import is_backend_map, table_slots
+from nftproxy.settings.node import NodeConfig, with_node
+from nftproxy.sync.after import AfterSync, after_sync
+from nftproxy.sync.apply import (
+    FAMILIES,
+    SyncResult,
+    desired_tables,
+    drift,
+    plan_all,
+    read_tables,
+    replace,
+    update,
+    update_planned,
+)
+from nftproxy.sync.plan import Summary
+
+WAIT_SLICE = 0.5
+"""The longest the loop waits at once (seconds): how soon it sees SIGTERM."""
+FULL_CHECK_EVERY = 10
+"""Every this many drift checks read the kernel even when its generation has not moved."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often the loop syncs and checks (seconds)."""
+
+    min_sync: float = 1.0
+    sync_period: float = 30.0
+    drift_period: float = 60.0
+
+
+def owners(changes: Changes) -> set[OwnerKey]:
+    """The Services and Pods a change touches."""
+    return {("Service", *k) for k in changes.services} | {("Pod", *k) for k in changes.pods}
+
+
+def replaces_a_shared_set(txs: tuple[Transaction, ...], fixed: set[str]) -> bool:
+    """Whether a plan makes a fixed set or a backends map anew (nft 1.0.6 forces it
+    when a ``dnat ... map`` rule is written against a map an earlier transaction
+    made): that needs all of its elements, other owners' too, so not a partial
+    sync's."""
+    deleted = {c.name for tx in txs for c in tx.changes if isinstance(c, DeleteSet)}
+    added = {c.set.name for tx in txs for c in tx.changes if isinstance(c, AddSet)}
+    return bool((deleted | added) & fixed) or any(map(is_backend_map, deleted & added))
+
+
+class Loop:
+    """Applies the cache's objects to the kernel; :meth:`run` is the main thread's."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        cache: Cache,
+        base: NodeConfig,
+        *,
+        timing: Timing,
+        metrics: Metrics,
+        health: ProxyHealth,
+        services: ServiceHealthServers | None = None,
+        detect_local: str = "ClusterCIDR",
+        dry_run: bool = False,
+        out: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kernel = kernel
+        self.cache = cache
+        self.base = base
+        self.timing = timing
+        self.observer = Observer(base.name, metrics, health, services)
+        self.detect_local = detect_local
+        self.dry_run = dry_run
+        self.out = out
+        self.clock = clock
+        self.wake = threading.Event()
+        self.idle = threading.Event()
+        """Set while the loop waits (nothing being applied)."""
+        self.last_sync_end = 0.0
+        """When the last successful sync ended (monotonic)."""
+        self.index: dict[Family, FamilyIndex] | None = None
+        """What was applied, per owner (None before the first sync)."""
+        self.node: NodeConfig | None = None
+        """The node settings the index was built with."""
+        self.clashes = False
+        """Two owners claimed one address and port: syncs are full until that ends."""
+        self._read: dict[Family, Table | None] | None = None
+        """The kernel as the drift check read it, for the repairing sync."""
+        self._generation: int | None = None
+        """The kernel's ruleset generation right after the last sync."""
+        self._checks = 0
+        self.stopping = False
+        """Set by a signal handler: end after the sync in flight (no lock involved)."""
+        self.need_full = False
+        self.repair = False
+        self.syncs = 0
+        self.failures = 0
+        self.last_result: SyncResult | None = None
+        self.last_partial = False
+        """Whether the last sync planned only what changed."""
+        self._first_change: float | None = None
+        self._log = log.logger()
+
+    def changed(self) -> None:
+        """The cache's callback: something changed (any thread)."""
+        if self._first_change is None:
+            self._first_change = time.monotonic()
+        self.observer.queued()
+        self.wake.set()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        ready: Callable[[], bool],
+        after_first: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Sync until stop is set; the first sync waits until ``ready()``;
+        ``after_first`` runs once after the first successful sync."""
+        while not ready():
+            if stop.wait(0.05) or self.stopping:
+                return
+        runner = Runner(
+            self.timing.min_sync, self.timing.sync_period, self.timing.drift_period, self.clock
+        )
+        while not stop.is_set() and not self.stopping:
+            wanted = self.cache.pending() or self.need_full or self.repair
+            step, wait = runner.decide(wanted=wanted, can_check=self.applied is not None)
+            if step is Step.SYNC:
+                if self.sync_once() and self.syncs == 1:
+                    after_first()
+                runner.synced()
+            elif step is Step.DRIFT:
+                self.check_drift()
+            else:
+                self.idle.set()
+                # In slices: a signal the kernel hands to another thread runs its Python
+                # handler only when this (the main) thread next runs Python code.
+                self.wake.wait(min(wait, WAIT_SLICE))
+                self.idle.clear()
+                self.wake.clear()
+
+    def sync_once(self) -> bool:
+        """One sync of what changed (or of everything); False when the kernel refused it."""
+        self.wake.clear()
+        first, self._first_change = self._first_change, None
+        if self.index is None or self.need_full or self.repair or self.clashes:
+            snap, changes = self.cache.take()
+            return self._sync_all(snap, changes, first)
+        snap, changes = self.cache.take_changed()
+        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        if not changes.node and node == self.node:
+            done = self._sync_changed(snap, changes, node, first)
+            if done is not None:
+                return done
+        return self._sync_all(self.cache.held(), changes, first)
+
+    @paused_gc()
+    def _sync_all(self, snap: Snapshot, changes: Changes, first: float | None) -> bool:
+        """Compute everything, plan against what was applied (read on the first sync)."""
+        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        state = compute_state(snap.objects, node)
+        if self.repair and self._read is not None:
+            current = self._read  # what the drift check read
+        elif self.index is not None:
+            current = desired_tables(self._ruleset(self.index))  # what was applied
+        else:
+            current = read_tables(self.kernel)
+        index = {
+            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
+            for fs in state.families
+        }
+        ruleset = self._ruleset(index)
+        try:
+            if self.need_full:
+                result = replace(self.kernel, ruleset, current=current, dry_run=self.dry_run)
+            else:
+                result = update(self.kernel, ruleset, current, dry_run=self.dry_run)
+        except NftError as err:
+            self._failed(err, first)
+            return False
+        self.index, self.node, self._read = index, node, None
+        self.clashes = state.clashes > 0
+        self.observer.forget()
+        self._done(Done(snap, state, ruleset, result, changes, first, partial=False))
+        return True
+
+    def _sync_changed(
+        self, snap: Snapshot, changes: Changes, node: NodeConfig, first: float | None
+    ) -> bool | None:
+        """Compute and plan only what changed; None when that cannot be done alone
+        (the full path then runs)."""
+        assert self.index is not None
+        state = compute_state(snap.objects, node)
+        if state.clashes:
+            return None
+        touched = owners(changes)
+        planned: dict[Family, Change] = {}
+        for fs in state.families:
+            ports: dict[OwnerKey, list[ServicePort]] = {key: [] for key in touched}
+            ports.update(by_owner(fs.service_ports))
+            change = self.index[fs.node.family].change(fs.node, ports)
+            if change is None:
+                return None
+            planned[fs.node.family] = change
+        was = present({f: idx.has_ports() for f, idx in self.index.items()})
+        if present({f: self.index[f].has_ports(c) for f, c in planned.items()}) != was:
+            return None
+        current = {f: planned[f].current if was[f] else None for f in FAMILIES}
+        desired = {f: planned[f].desired if was[f] else None for f in FAMILIES}
+        txs = plan_all(desired, current)
+        fixed = {st.name for idx in self.index.values() for st in idx.fixed.sets}
+        if replaces_a_shared_set(txs, fixed):
+            return None
+        ruleset = Ruleset(tuple(t for t in desired.values() if t is not None))
+        if not txs:
+            result = SyncResult((), None, Summary(), 0.0, False, current)
+        else:
+            try:
+                result = update_planned(self.kernel, ruleset, current, txs, dry_run=self.dry_run)
+            except NftError as err:
+                self._failed(err, first)
+                return False
+        for family, change in planned.items():
+            self.index[family].commit(change)
+        self.observer.forget(changes.services)
+        self._done(Done(snap, state, ruleset, result, changes, first, partial=True))
+        return True
+
+    def _ruleset(self, index: dict[Family, FamilyIndex]) -> Ruleset:
+        held = present({f: idx.has_ports() for f, idx in index.items()})
+        tables = tuple(index[f].table() for f in FAMILIES if held[f])
+        return Ruleset(tables, tuple(f for f in FAMILIES if not held[f]))
+
+    @property
+    def applied(self) -> dict[Family, Table | None] | None:
+        """What the kernel holds, as far as the loop knows (None before the first sync)."""
+        if self.index is None:
+            return None
+        return desired_tables(self._ruleset(self.index))
+
+    def _failed(self, err: NftError, first: float | None) -> None:
+        self.failures += 1
+        self.need_full = True  # the next one replaces the tables whole
+        if first is not None and self._first_change is None:
+            self._first_change = first
+        self.observer.failed(err)
+
+    def _done(self, done: Done) -> None:
+        if not self.dry_run:
+            self._generation = self.kernel.generation()
+        self.need_full = self.repair = False
+        self.syncs += 1
+        self.last_result = done.result
+        self.last_partial = done.partial
+        self.last_sync_end = time.monotonic()
+        if self.dry_run:
+            self.out.write(done.result.script)
+            self.out.flush()
+        self._after(done)
+
+    def _after(self, done: Done) -> None:
+        if self.dry_run:
+            after = AfterSync()
+        else:
+            after = after_sync(self.kernel, done.result, done.desired, done.state)
+        if after.forgotten:  # our own commit: the next drift check need not read the kernel
+            self._generation = self.kernel.generation()
+        index = self.index or {}
+        self.observer.synced(
+            done,
+            after,
+            sum(idx.element_count() for idx in index.values()),
+            sum(idx.chain_count() for idx in index.values()),
+        )
+
+    # -- drift ----------------------------------------------------------------
+
+    def check_drift(self) -> int:
+        """Read the kernel, compare with what was applied, repair what differs.
+
+        When no transaction was committed since the last sync (the kernel's ruleset
+        generation is where that sync left it), nothing can differ and the read is
+        skipped, except every ``FULL_CHECK_EVERY`` checks (a change made between
+        a sync and its reading of the generation would hide until then)."""
+        if self.index is None or self.dry_run:
+            return 0
+        self._checks += 1
+        seen = self.kernel.generation()
+        if self._checks % FULL_CHECK_EVERY and seen == self._generation:
+            return 0
+        current = read_tables(self.kernel)
+        diffs = drift(self._ruleset(self.index), current)
+        if not diffs:
+            self._generation = seen  # somebody else's change: ours is intact
+            return 0
+        for d in diffs:
+            self._log.warning(
+                "drift found; repairing",
+                service=d.service,
+                status=d.status,
+                kind=d.kind,
+                where=d.where,
+                text=d.text,
+                family=d.family,
+            )
+        self.observer.drift(len(diffs))
+        self._read = current  # the repairing sync plans against what is really there
+        self.wake.set()
+        self.repair = True
+        return len(diffs)

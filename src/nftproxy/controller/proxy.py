@@ -1,0 +1,152 @@
+"""The long-running proxy wired: reflectors, cache, loop and servers from ``Settings``.
+
+Threads: one reflector per watched resource (they only record changes), one
+asyncio thread for every HTTP listener, and the main thread, which runs the
+sync loop. Nothing forks. The cyclic garbage collector runs as usual, paused
+only inside a sync (bounded), and what survives the first full load is frozen
+out of its scans (``gc.freeze``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from nftproxy import log
+from nftproxy.controller.loop import Loop, Timing
+from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
+from nftproxy.controller.serve.http import HttpServers, Response
+from nftproxy.controller.serve.metrics import Metrics
+from nftproxy.k8s.cache import Cache
+from nftproxy.k8s.client import RateLimiter, api_client, serves_service_cidrs, watched
+from nftproxy.k8s.reflector import Reflector
+from nftproxy.nft.kernel import Kernel
+from nftproxy.settings import Settings
+from nftproxy.settings.node import ConfigError, node_config
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """A validated ``IP:port`` (``[IPv6]:port``) address."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class Proxy:
+    """The running parts, for ``run`` and for tests that drive it in-process."""
+
+    loop: Loop
+    cache: Cache
+    reflectors: list[Reflector]
+    servers: HttpServers
+    health: ProxyHealth
+    metrics: Metrics
+    stop: threading.Event
+    healthz_port: int | None = None
+    metrics_port: int | None = None
+
+    def ready(self) -> bool:
+        """Every list has completed once."""
+        return all(r.synced.is_set() for r in self.reflectors)
+
+    def start(self) -> None:
+        """Start the reflectors."""
+        for r in self.reflectors:
+            threading.Thread(target=r.run, name=f"watch-{r.what.kind}", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop watching and serving (the rules stay)."""
+        self.stop.set()
+        self.servers.close_all()
+
+
+def timing(settings: Settings) -> Timing:
+    """The loop's periods."""
+    return Timing(
+        min_sync=settings.min_sync_period,
+        sync_period=settings.sync_period,
+        drift_period=settings.drift_check_period or float("inf"),
+    )
+
+
+def build_proxy(
+    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+) -> Proxy:
+    """Everything ``run`` runs, wired, not started."""
+    base = node_config(settings, netns)
+    metrics = Metrics()
+    periods = timing(settings)
+    health = ProxyHealth(2 * periods.sync_period, metrics)
+    servers = HttpServers()
+    stop = threading.Event()
+    loop = Loop(
+        kernel,
+        Cache(base.name),
+        base,
+        timing=periods,
+        metrics=metrics,
+        health=health,
+        # In shadow mode (--dry-run beside kube-proxy) its healthCheckNodePorts are kube-proxy's.
+        services=None if dry_run else ServiceHealthServers(servers, health),
+        detect_local=settings.detect_local_mode,
+        dry_run=dry_run,
+    )
+    loop.cache.on_change = loop.changed
+    api = api_client(master=settings.master, kubeconfig=settings.kubeconfig)
+    limiter = RateLimiter(settings.qps, settings.burst)
+    what = watched(
+        api,
+        base.name,
+        host_ports=base.host_ports,
+        service_cidrs=serves_service_cidrs(api),
+        limiter=limiter,
+    )
+    reflectors = [Reflector(w, loop.cache, stop) for w in what]
+    return Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
+
+
+def _listen(proxy: Proxy, settings: Settings) -> None:
+    """Open /healthz+/livez and /metrics; a bind failure is fatal only with
+    bindAddressHardFail, as in kube-proxy."""
+    hard = settings.bind_address_hard_fail
+    for what, address in (
+        ("healthz", settings.healthz_bind_address),
+        ("metrics", settings.metrics_bind_address),
+    ):
+        if not address:
+            continue
+        host, port = _split_host_port(address)
+        if what == "healthz":
+            handler = proxy.health.healthz
+        else:
+
+            def handler(path: str) -> Response:
+                if path != "/metrics":
+                    return Response(404, b"404 page not found\n")
+                return Response(
+                    200, proxy.metrics.exposition(), {"Content-Type": "text/plain; version=0.0.4"}
+                )
+
+        try:
+            bound = proxy.servers.listen(host, port, handler)
+        except OSError as err:
+            log.logger().error(f"{what} server cannot bind", address=address, error=str(err))
+            if hard:
+                raise ConfigError(f"{what} bind address {address}: {err}") from None
+            continue
+        setattr(proxy, f"{what}_port", bound)
+
+
+def start_proxy(
+    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+) -> Proxy:
+    """Build the proxy, open its servers and start watching; the loop is the caller's."""
+    proxy = build_proxy(settings, kernel, dry_run=dry_run, netns=netns)
+    proxy.servers.__enter__()
+    try:
+        _listen(proxy, settings)
+    except BaseException:
+        proxy.close()
+        raise
+    proxy.start()
+    return proxy

@@ -1,0 +1,243 @@
+"""The objects the reflectors delivered, parsed, and what changed since the last sync.
+
+Watch handlers only record: an object is parsed (an invalid one is reported with
+its kind, name and field, and the version held before stays), stored, and the
+Service it belongs to is marked changed. Repeated changes fold into one mark.
+The sync loop takes a :class:`Snapshot` and the changes together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nftproxy import log
+from nftproxy.k8s.node import NodeInfo, parse_node, service_cidrs
+from nftproxy.k8s.objects import (
+    EndpointSlice,
+    KubeObject,
+    Service,
+    Sourced,
+    object_label,
+    parse_object,
+)
+from nftproxy.k8s.problems import InvalidObjectError, Problem, report
+
+SOURCE = "api"
+ObjectKey = tuple[str, str]
+
+
+@dataclass
+class Changes:
+    """What changed since the last sync: Services (by namespace/name, also when one
+    of their slices did), Pods, and whether the node or anything node-wide did."""
+
+    services: set[ObjectKey] = field(default_factory=set)
+    endpoint_changes: int = 0
+    service_changes: int = 0
+    node: bool = False
+    pods: set[ObjectKey] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.node or self.pods)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the cache holds, at one moment."""
+
+    objects: list[Sourced]
+    node: NodeInfo | None
+    cidrs: tuple[str, ...]
+    slices: dict[ObjectKey, list[EndpointSlice]]
+
+
+class Cache:
+    """Objects by kind and key; thread-safe; ``on_change`` is called outside the lock
+    whenever something changed (the loop's wake-up and healthz's "queued")."""
+
+    def __init__(self, node_name: str, on_change: Callable[[], None] = lambda: None) -> None:
+        self.node_name = node_name
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[ObjectKey, KubeObject]] = {
+            "Service": {},
+            "EndpointSlice": {},
+            "Pod": {},
+        }
+        self._versions: dict[tuple[str, ObjectKey], str] = {}
+        self._slices: dict[ObjectKey, dict[str, EndpointSlice]] = {}
+        """EndpointSlices by the Service they belong to, then by name."""
+        self._node: NodeInfo | None = None
+        self._cidrs: dict[str, tuple[str, ...]] = {}
+        self._changes = Changes()
+        self._log = log.logger()
+
+    # -- the reflectors' side -------------------------------------------------
+
+    def replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A fresh list in one piece: add and change what it holds, delete what it lacks."""
+        self.retain(kind, self.put(kind, items))
+
+    def put(self, kind: str, items: list[dict[str, Any]]) -> set[ObjectKey]:
+        """One page of a list: add and change what it holds; the keys it held."""
+        keys = {_key(item) for item in items}
+        with self._lock:
+            changed = False
+            for item in items:
+                changed |= self._put(kind, item)
+            changed &= bool(self._changes)
+        if changed:
+            self.on_change()
+        return keys
+
+    def retain(self, kind: str, keys: set[ObjectKey]) -> None:
+        """The end of a list: delete what none of its pages held."""
+        with self._lock:
+            changed = False
+            for key in list(self._held(kind)):
+                if key not in keys:
+                    changed |= self._drop(kind, key)
+            changed &= bool(self._changes)
+        if changed:
+            self.on_change()
+
+    def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
+        """One watch event."""
+        with self._lock:
+            changed = self._drop(kind, _key(obj)) if type_ == "DELETED" else self._put(kind, obj)
+            changed &= bool(self._changes)  # a Pod without hostPorts changes nothing
+        if changed:
+            self.on_change()
+
+    def _held(self, kind: str) -> list[ObjectKey]:
+        if kind == "Node":
+            return [("", self._node.name)] if self._node else []
+        if kind == "ServiceCIDR":
+            return [("", n) for n in self._cidrs]
+        return list(self._objects[kind])
+
+    def _put(self, kind: str, raw: dict[str, Any]) -> bool:
+        key = _key(raw)
+        version = str((raw.get("metadata") or {}).get("resourceVersion", ""))
+        if version and self._versions.get((kind, key)) == version:
+            return False  # a relist of something unchanged
+        self._versions[(kind, key)] = version
+        try:
+            return self._store(kind, key, raw)
+        except InvalidObjectError as err:
+            # The version held before (if any) stays: its rules are not lost.
+            report([Problem(SOURCE, object_label(raw), err.field, err.message)])
+            return False
+
+    def _store(self, kind: str, key: ObjectKey, raw: dict[str, Any]) -> bool:
+        if kind == "Node":
+            if key[1] != self.node_name:
+                return False
+            self._node = parse_node(raw)
+            self._changes.node = True
+            return True
+        if kind == "ServiceCIDR":
+            self._cidrs[key[1]] = service_cidrs(raw)
+            self._changes.node = True
+            return True
+        obj = parse_object(raw)
+        if obj is None:
+            return self._drop(kind, key)
+        old = self._objects[kind].get(key)
+        if old is not None:
+            self._unindex(old)
+            self._mark(old, count=False)  # a slice may have moved to another Service
+        self._objects[kind][key] = obj
+        if isinstance(obj, EndpointSlice):
+            self._slices.setdefault((obj.namespace, obj.service), {})[obj.name] = obj
+        self._mark(obj)
+        return True
+
+    def _unindex(self, obj: KubeObject) -> None:
+        if isinstance(obj, EndpointSlice):
+            owned = self._slices.get((obj.namespace, obj.service), {})
+            owned.pop(obj.name, None)
+            if not owned:
+                self._slices.pop((obj.namespace, obj.service), None)
+
+    def _drop(self, kind: str, key: ObjectKey) -> bool:
+        self._versions.pop((kind, key), None)
+        if kind == "Node":
+            if self._node is None or self._node.name != key[1]:
+                return False
+            self._node = None
+            self._changes.node = True
+            return True
+        if kind == "ServiceCIDR":
+            self._changes.node = True
+            return self._cidrs.pop(key[1], None) is not None
+        obj = self._objects[kind].pop(key, None)
+        if obj is None:
+            return False
+        self._unindex(obj)
+        self._mark(obj)
+        return True
+
+    def _mark(self, obj: KubeObject, *, count: bool = True) -> None:
+        """Note what obj's change touches; a Pod matters only with hostPorts."""
+        if isinstance(obj, Service):
+            self._changes.services.add((obj.namespace, obj.name))
+            self._changes.service_changes += count
+        elif isinstance(obj, EndpointSlice):
+            self._changes.services.add((obj.namespace, obj.service))
+            self._changes.endpoint_changes += count
+        elif obj.host_ports:
+            self._changes.pods.add((obj.namespace, obj.name))
+
+    # -- the loop's side ------------------------------------------------------
+
+    def take(self) -> tuple[Snapshot, Changes]:
+        """Everything held, and what changed since the last take (now cleared)."""
+        with self._lock:
+            return self._snapshot(None, None), self._take_changes()
+
+    def held(self) -> Snapshot:
+        """Everything held; what changed stays marked."""
+        with self._lock:
+            return self._snapshot(None, None)
+
+    def take_changed(self) -> tuple[Snapshot, Changes]:
+        """What changed since the last take (now cleared), and the objects held for
+        it: the changed Services with their slices, and the changed Pods. O(changes)."""
+        with self._lock:
+            changes = self._take_changes()
+            return self._snapshot(changes.services, changes.pods), changes
+
+    def _take_changes(self) -> Changes:
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def _snapshot(self, services: set[ObjectKey] | None, pods: set[ObjectKey] | None) -> Snapshot:
+        """Everything held (None), or the given Services and Pods."""
+        objects: list[Sourced] = []
+        if services is None or pods is None:
+            objects = [(SOURCE, obj) for kind in self._objects.values() for obj in kind.values()]
+            slices = {k: list(v.values()) for k, v in self._slices.items()}
+        else:
+            slices = {k: list(self._slices[k].values()) for k in services if k in self._slices}
+            held = self._objects["Service"]
+            objects = [(SOURCE, held[k]) for k in services if k in held]
+            objects += [(SOURCE, sl) for owned in slices.values() for sl in owned]
+            objects += [
+                (SOURCE, self._objects["Pod"][k]) for k in pods if k in self._objects["Pod"]
+            ]
+        cidrs = tuple(c for cs in self._cidrs.values() for c in cs)
+        return Snapshot(objects, self._node, cidrs, slices)
+
+    def pending(self) -> bool:
+        """Whether anything changed since the last take."""
+        with self._lock:
+            return bool(self._changes)
+
+
+def _key(raw: Mapping[str, Any]) -> ObjectKey:
+    meta = raw.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))

@@ -1,0 +1,374 @@
+"""``nftproxy run`` end to end: the lab's API server, the real kubernetes client, the
+real kernel in network namespaces, and real TCP through the rules."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from helpers import endpoint, service, slice_
+
+from nftproxy.controller.proxy import Proxy, start_proxy
+from nftproxy.lab.apiserver import FakeAPIServer
+from nftproxy.lab.live import run_live_demo
+from nftproxy.lab.netns import Lab, in_ns
+from nftproxy.lab.probe import REJECT, Reached, connect
+from nftproxy.nft.kernel import Libnftables
+from nftproxy.nft.model import Ruleset
+from nftproxy.ruleset import names
+from nftproxy.settings import Settings
+from nftproxy.sync.apply import drift, read_tables
+
+CLIENT = "203.0.113.2"
+ENDPOINTS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
+NODE_IPS = ("192.168.0.2", "192.168.1.2")
+
+
+def node(ip: str, **meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "node-a", **meta},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@dataclass
+class Running:
+    """A lab, an API server, and a proxy running in this process."""
+
+    lab: Lab
+    api: FakeAPIServer
+    proxy: Proxy
+    client_ns: str
+    thread: threading.Thread
+
+    def reach(self, dst: str, port: int, tries: int = 1) -> set[str]:
+        """Who answered: endpoint addresses, or the verdict."""
+        seen = set()
+        for _ in range(tries):
+            got = connect(self.client_ns, dst, port, "tcp", timeout=0.5)
+            seen.add(self.lab.owner(got.responder) if isinstance(got, Reached) else got)
+        return seen
+
+    def get(self, port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+        except urllib.error.URLError:
+            return 0, {}, b""  # not listening (yet)
+
+
+def settings_for(api: FakeAPIServer) -> Settings:
+    """The settings of a proxy in this process: the lab's node, servers on free ports."""
+    return Settings(
+        hostname_override="node-a",
+        node_ips=(NODE_IPS[0],),
+        cluster_cidr=("10.0.0.0/8",),
+        service_cidr=("172.30.0.0/16",),
+        master=api.url,
+        min_sync_period=0.0,
+        healthz_bind_address="127.0.0.1:0",
+        metrics_bind_address="127.0.0.1:0",
+    )
+
+
+def run_args(api: FakeAPIServer, lab: Lab, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--master",
+        api.url,
+        "--netns",
+        lab.node,
+        "--hostname-override",
+        "node-a",
+        "--node-ip",
+        NODE_IPS[0],
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--service-cidr",
+        "172.30.0.0/16",
+        "--min-sync-period",
+        "0",
+        "--healthz-bind-address=",
+        "--metrics-bind-address=",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    with Lab("run") as lab, FakeAPIServer() as api:
+        api.bookmark_every = 0.2
+        for ip in NODE_IPS:
+            lab.add_node_ip(ipaddress.ip_address(ip))
+        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
+        for ip in ENDPOINTS:
+            lab.add_host(ipaddress.ip_address(ip))
+        lab.start_responders([8080])
+        api.apply(node(NODE_IPS[0]))
+        api.apply(service(type="NodePort", ports=[{"name": "p", "port": 80, "nodePort": 30080}]))
+        api.apply(slice_("svc", endpoint(ENDPOINTS[0]), name="svc-1"))
+        proxy = start_proxy(settings_for(api), Libnftables(lab.node), netns=lab.node)
+        thread = threading.Thread(target=proxy.loop.run, args=(proxy.stop, proxy.ready))
+        thread.start()
+        try:
+            yield Running(lab, api, proxy, client_ns, thread)
+        finally:
+            proxy.close()
+            proxy.loop.wake.set()
+            thread.join(timeout=10)
+
+
+def _slice(*ips: str) -> dict[str, Any]:
+    return slice_("svc", *(endpoint(ip) for ip in ips), name="svc-1")
+
+
+@pytest.mark.kernel
+def test_traffic_follows_the_api(running: Running) -> None:
+    r = running
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {ENDPOINTS[0]})
+    assert r.reach(NODE_IPS[0], 30080) == {ENDPOINTS[0]}
+    # Scale up: every endpoint gets traffic. A count no Service had brings its own
+    # backends map, so this is a partial sync (one shared map had to be reloaded).
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: r.reach("172.30.0.10", 80, tries=30) == set(ENDPOINTS))
+    assert r.proxy.loop.last_partial
+    # One endpoint goes: it gets nothing more.
+    r.api.apply(_slice(*ENDPOINTS[1:]))
+    wait_for(lambda: r.reach("172.30.0.10", 80, tries=30) == set(ENDPOINTS[1:]))
+    # No endpoints: REJECT. The Service deleted: its address is unallocated, DROP.
+    r.api.apply(_slice())
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {REJECT})
+    r.api.delete("Service", "ns", "svc")
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {"DROP"})
+    assert r.proxy.loop.failures == 0
+
+
+@pytest.mark.kernel
+def test_api_server_away_then_back_and_410(running: Running) -> None:
+    r = running
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {ENDPOINTS[0]})
+    r.api.stop()
+    time.sleep(0.5)
+    assert r.reach("172.30.0.10", 80) == {ENDPOINTS[0]}  # the rules stay
+    r.api.apply(_slice(ENDPOINTS[1]))  # changed while the proxy cannot see it
+    r.api.start()
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {ENDPOINTS[1]})
+    # 410: the history is gone while away; the proxy lists again, loses nothing.
+    r.api.stop()
+    r.api.apply(_slice(ENDPOINTS[2]))
+    r.api.store.compact()
+    r.api.start()
+    wait_for(lambda: r.reach("172.30.0.10", 80) == {ENDPOINTS[2]})
+    services = next(x for x in r.proxy.reflectors if x.what.kind == "EndpointSlice")
+    assert services.lists >= 2
+
+
+@pytest.mark.kernel
+def test_node_ip_change_moves_node_ports(running: Running) -> None:
+    r = running
+    wait_for(lambda: r.reach(NODE_IPS[0], 30080) == {ENDPOINTS[0]})
+    r.api.apply(node(NODE_IPS[1]))
+    wait_for(lambda: r.reach(NODE_IPS[1], 30080) == {ENDPOINTS[0]})
+    assert r.reach(NODE_IPS[0], 30080) == {REJECT}  # nothing listens on the node itself
+
+
+@pytest.mark.kernel
+def test_kernel_matches_a_fresh_sync_and_drift_is_repaired(running: Running) -> None:
+    r = running
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: r.reach("172.30.0.10", 80, tries=30) == set(ENDPOINTS))
+    loop = r.proxy.loop
+    kernel = Libnftables(r.lab.node)
+    assert loop.applied is not None
+    assert drift_between(loop.applied, kernel) == 0
+    in_ns(r.lab.node, "nft", "flush", "map", "ip", "nftproxy", "service-ips")
+    assert r.reach("172.30.0.10", 80) != {ENDPOINTS[0], ENDPOINTS[1], ENDPOINTS[2]}
+    assert loop.check_drift() > 0
+    wait_for(lambda: r.reach("172.30.0.10", 80, tries=30) == set(ENDPOINTS))
+    assert drift_between(loop.applied, kernel) == 0
+
+
+def drift_between(applied: Any, kernel: Libnftables) -> int:
+    ruleset = Ruleset(tuple(t for t in applied.values() if t is not None))
+    return len(drift(ruleset, read_tables(kernel)))
+
+
+@pytest.mark.kernel
+def test_health_servers_and_metrics(running: Running) -> None:
+    r = running
+    proxy = r.proxy
+    hc = free_port()
+    lb = service(
+        "lb",
+        clusterIP="172.30.0.20",
+        type="LoadBalancer",
+        externalTrafficPolicy="Local",
+        healthCheckNodePort=hc,
+        ports=[{"name": "p", "port": 80, "nodePort": 30081}],
+    )
+    r.api.apply(lb)
+    r.api.apply(slice_("lb", endpoint(ENDPOINTS[0], node="node-a"), name="lb-1"))
+    wait_for(lambda: r.get(hc, "/")[0] == 200)
+    code, headers, body = r.get(hc, "/")
+    assert json.loads(body) == {
+        "service": {"namespace": "ns", "name": "lb"},
+        "localEndpoints": 1,
+        "serviceProxyHealthy": True,
+    }
+    assert headers["X-Load-Balancing-Endpoint-Weight"] == "1"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    r.api.apply(slice_("lb", endpoint(ENDPOINTS[0], node="node-b"), name="lb-1"))
+    wait_for(lambda: r.get(hc, "/")[0] == 503)
+    assert proxy.healthz_port is not None and proxy.metrics_port is not None
+    code, headers, body = r.get(proxy.healthz_port, "/healthz")
+    assert code == 200 and json.loads(body)["nodeEligible"] is True
+    assert r.get(proxy.healthz_port, "/livez")[0] == 200
+    # The node is being drained: /healthz fails, /livez does not.
+    taint = {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}
+    drained = node(NODE_IPS[0])
+    drained["spec"] = {"taints": [taint]}
+    r.api.apply(drained)
+    wait_for(lambda: r.get(proxy.healthz_port or 0, "/healthz")[0] == 503)
+    assert json.loads(r.get(proxy.healthz_port, "/healthz")[2])["nodeEligible"] is False
+    assert r.get(proxy.healthz_port, "/livez")[0] == 200
+    # The Service goes: its port closes.
+    r.api.delete("Service", "ns", "lb")
+    wait_for(lambda: hc not in {p for _, p in proxy.servers.listening()})
+    text = r.get(proxy.metrics_port, "/metrics")[2].decode()
+    for name in (
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+        "kubeproxy_network_programming_duration_seconds_count",
+        'kubeproxy_proxy_healthz_total{code="503"}',
+        "nftproxy_elements_programmed",
+        'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}',
+    ):
+        assert name in text, name
+    assert 'kubeproxy_proxy_healthz_total{code="200"}' in text
+
+
+@pytest.mark.kernel
+def test_a_stuck_sync_makes_healthz_fail(running: Running) -> None:
+    r = running
+    port = r.proxy.healthz_port or 0
+    wait_for(lambda: r.proxy.loop.syncs > 0 and r.get(port, "/healthz")[0] == 200)
+    r.proxy.stop.set()  # the loop stops: a change queued now is never applied
+    r.proxy.loop.wake.set()
+    r.thread.join(timeout=10)
+    r.proxy.health.timeout = 0.2
+    r.proxy.loop.changed()  # what the cache calls when a watch event arrives
+    time.sleep(0.3)
+    assert r.get(port, "/healthz")[0] == 503 and r.get(port, "/livez")[0] == 503
+
+
+@pytest.mark.kernel
+def test_sigterm_leaves_the_rules() -> None:
+    with Lab("term") as lab, FakeAPIServer() as api:
+        api.apply(service())
+        api.apply(slice_("svc", endpoint(ENDPOINTS[0])))
+        cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *run_args(api, lab)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if '"synced"' in line:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        assert "the rules stay" in err
+        assert "172.30.0.10 . tcp . 80" in in_ns(
+            lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips"
+        )
+
+
+@pytest.mark.kernel
+def test_live_demo_behaves(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_live_demo(settle=0.4) == 0
+    out = capsys.readouterr().out
+    assert "ok   scale shop/web to 3 endpoints" in out and "exited 0" in out
+
+
+def _affinity_ids(r: Running) -> dict[str, str]:
+    """The sticky Service's recorded clients: client address -> endpoint id."""
+    listed = json.loads(in_ns(r.lab.node, "nft", "-j", "list", "table", "ip", "nftproxy"))
+    sets = [
+        o["set"]
+        for o in listed["nftables"]
+        if o.get("set", {}).get("name", "").startswith("affinity-")
+    ]
+    (s,) = sets
+    return {
+        e["elem"]["val"]["concat"][0]: str(e["elem"]["val"]["concat"][1]) for e in s.get("elem", [])
+    }
+
+
+@pytest.mark.kernel
+def test_a_removed_sticky_endpoint_takes_its_clients_with_it(running: Running) -> None:
+    """ClientIP affinity: the client keeps its endpoint; when that endpoint goes, the
+    client's record of it is deleted, so it stays with its new endpoint when the old
+    one comes back (as kube-proxy, which deletes the endpoint's set)."""
+    r = running
+    r.api.apply(
+        service(
+            type="NodePort",
+            sessionAffinity="ClientIP",
+            ports=[{"name": "p", "port": 80, "nodePort": 30080}],
+        )
+    )
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: _affinity_ids_or_none(r) is not None)
+    (first,) = r.reach("172.30.0.10", 80, tries=10)
+    assert _affinity_ids(r) == {CLIENT: str(names.endpoint_id(first, 8080))}
+    rest = [ep for ep in ENDPOINTS if ep != first]
+    r.api.apply(_slice(*rest))
+    wait_for(lambda: _affinity_ids(r) == {})
+    (second,) = r.reach("172.30.0.10", 80, tries=10)
+    assert second in rest
+    synced = r.proxy.loop.syncs
+    r.api.apply(_slice(*ENDPOINTS))
+    wait_for(lambda: r.proxy.loop.syncs > synced)
+    assert r.reach("172.30.0.10", 80, tries=20) == {second}
+    assert _affinity_ids(r) == {CLIENT: str(names.endpoint_id(second, 8080))}
+    assert r.proxy.loop.failures == 0
+
+
+def _affinity_ids_or_none(r: Running) -> dict[str, str] | None:
+    try:
+        return _affinity_ids(r)
+    except (ValueError, RuntimeError):  # no table yet, or no affinity set in it
+        return None

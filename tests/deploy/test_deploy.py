@@ -1,0 +1,249 @@
+"""The Helm chart, the rendered manifest and the image's install: what an operator
+installs is what `nftproxy run` accepts, with exactly the rights it needs.
+
+helm comes from scripts/get_helm.py (.tools/helm); objects are validated offline
+against the Kubernetes schemas bundled in kubernetes-validate.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from nftproxy.cli.main import main, parser
+
+ROOT = Path(__file__).resolve().parents[2]
+HELM = ROOT / ".tools" / "helm"
+CHART = ROOT / "helm" / "nftproxy"
+KUBEADM_CONFIG = ROOT / "tests" / "fixtures" / "kube-proxy" / "kubeadm-config.conf"
+K8S_VERSION = "1.31"
+MONITORING = {"PodMonitor", "ServiceMonitor"}  # Prometheus Operator CRDs: no bundled schema
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "get_helm.py")], check=True)
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=False)
+
+
+def render(*sets: str) -> dict[str, dict[str, Any]]:
+    """The chart's objects by kind (a second object of a kind under ``Kind/2``)."""
+    flags = [
+        f for s in sets for f in (("--set-file", s[5:]) if s.startswith("file:") else ("--set", s))
+    ]
+    done = helm("template", "nftproxy", str(CHART), "--namespace", "kube-system", *flags)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, dict[str, Any]] = {}
+    for doc in yaml.safe_load_all(done.stdout):
+        if doc:
+            key = doc["kind"] if doc["kind"] not in out else f"{doc['kind']}/2"
+            out[key] = doc
+    return out
+
+
+def container(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    c: dict[str, Any] = objs["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def config_of(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    return doc
+
+
+VALUE_SETS = {
+    "defaults": (),
+    "shadow": ("shadow.enabled=true",),
+    "extra args": ("extraArgs[0]=--min-sync-period=0", "extraArgs[1]=--nodeport-addresses=all"),
+    "monitors": (
+        "config.metricsBindAddress=0.0.0.0:10249",
+        "serviceMonitor.enabled=true",
+        "podMonitor.enabled=true",
+    ),
+    "custom config": (
+        "config.clusterCIDR=10.244.0.0/16",
+        "config.detectLocalMode=NodeCIDR",
+        "config.masqueradeAll=true",
+        "config.nodePortAddresses[0]=192.168.0.0/16",
+        "config.syncPeriod=1m0s",
+        "config.conntrack.maxPerCore=0",
+        "hostPorts=false",
+        "serviceCIDR=10.96.0.0/12",
+        "loadModules=true",
+    ),
+    "interface detector": (
+        "config.detectLocalMode=InterfaceNamePrefix",
+        "config.detectLocal.interfaceNamePrefix=veth",
+    ),
+    "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
+}
+
+
+def test_helm_lint() -> None:
+    done = helm("lint", str(CHART), "--strict")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_daemonset_runs_where_kube_proxy_runs() -> None:
+    objs = render()
+    ds = objs["DaemonSet"]
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    c = container(objs)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 10256}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 10256}
+    assert "--hostname-override=$(NODE_NAME)" in c["args"]
+    node_name = next(e for e in c["env"] if e["name"] == "NODE_NAME")
+    assert node_name["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert c["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/lib/modules"]["readOnly"] is True
+    assert "/run/xtables.lock" in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["xtables-lock"]["hostPath"]["type"] == "FileOrCreate"
+    assert "--dry-run" not in c["args"]
+
+
+def test_rbac_is_exactly_what_run_needs() -> None:
+    rules = render()["ClusterRole"]["rules"]
+    granted = {
+        (group, resource, verb)
+        for r in rules
+        for group in r["apiGroups"]
+        for resource in r["resources"]
+        for verb in r["verbs"]
+    }
+    want = {
+        *{("", "services", v) for v in ("list", "watch")},
+        *{("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")},
+        *{("networking.k8s.io", "servicecidrs", v) for v in ("list", "watch")},
+        *{("", "nodes", v) for v in ("get", "list", "watch")},
+        *{("", "pods", v) for v in ("list", "watch")},
+        *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
+    }
+    assert granted == want
+    assert not any("*" in part for g in granted for part in g)
+    binding = render()["ClusterRoleBinding"]
+    assert binding["subjects"][0]["name"] == render()["ServiceAccount"]["metadata"]["name"]
+
+
+def test_shadow_mode_applies_nothing_and_keeps_kube_proxys_ports() -> None:
+    objs = render("shadow.enabled=true")
+    c = container(objs)
+    assert "--dry-run" in c["args"]
+    assert c["livenessProbe"]["httpGet"]["port"] == 10266
+    cfg = config_of(objs)
+    assert cfg["healthzBindAddress"] == "0.0.0.0:10266"
+    assert cfg["metricsBindAddress"] == "127.0.0.1:10259"
+
+
+def test_monitors_need_metrics_on_a_reachable_address() -> None:
+    objs = render(*VALUE_SETS["monitors"])
+    assert objs["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert objs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert objs["Service"]["spec"]["ports"][0]["port"] == 10249
+    done = helm("template", "x", str(CHART), "--set", "podMonitor.enabled=true")
+    assert done.returncode != 0 and "metricsBindAddress" in done.stderr
+
+
+def test_schema_refuses_bad_values() -> None:
+    for bad in ("config.detectLocalMode=Bogus", "config.syncPeriod=soon", "bogus=1"):
+        assert helm("template", "x", str(CHART), "--set", bad).returncode != 0, bad
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_object_is_valid_kubernetes(name: str) -> None:
+    for obj in render(*VALUE_SETS[name]).values():
+        if obj["kind"] not in MONITORING:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_run_accepts_the_config_and_the_args(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ConfigMap's KubeProxyConfiguration passes `run --check-config`, and every
+    DaemonSet arg is a flag `nftproxy run` has."""
+    objs = render(*VALUE_SETS[name])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(objs["ConfigMap"]["data"]["config.yaml"])
+    args = [a.replace("$(NODE_NAME)", "node-a") for a in container(objs)["args"]]
+    args = [a.replace("/etc/nftproxy/config.yaml", str(cfg)) for a in args]
+    parser().parse_args(args)  # exits on an unknown flag
+    assert main([*args, "--check-config"]) == 0
+    printed = capsys.readouterr().out
+    if name == "custom config":
+        assert '"detect_local_mode": "NodeCIDR"' in printed
+        assert '"masquerade_all": true' in printed and '"host_ports": false' in printed
+        assert '"sync_period": 60.0' in printed and "10.96.0.0/12" in printed
+    if name == "interface detector":
+        assert '"pod_interface": "veth*"' in printed
+    if name == "kubeadm's config file":  # kubeadm's zeros are defaults; the chart's flags win
+        assert '"cluster_cidr": [\n    "10.244.0.0/16"\n  ]' in printed
+        assert '"sync_period": 30.0' in printed and '"host_ports": false' in printed
+
+
+def test_the_rendered_manifest_is_current() -> None:
+    """deploy/nftproxy.yaml is the chart with its defaults (scripts/render_deploy.sh)."""
+    done = helm("template", "nftproxy", str(CHART), "--namespace", "kube-system")
+    committed = (ROOT / "deploy" / "nftproxy.yaml").read_text()
+    header, body = committed.split("\n", 2)[:2], committed.split("\n", 2)[2]
+    assert all(line.startswith("# ") for line in header)
+    assert body == done.stdout, "stale: run scripts/render_deploy.sh"
+
+
+def test_the_image_installs_with_the_script_ci_runs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")]
+    assert any("scripts/install.sh /opt/nftproxy" in r for r in runs)
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert "bash scripts/install.sh .venv --dev" in bootstrap
+    entry = next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT"))
+    assert shlex.split(entry.split(None, 1)[1].strip("[]").replace(",", " ")) == [
+        "nftproxy",
+        "run",
+    ]
+
+
+@pytest.mark.kernel  # as root: the script may call apt-get
+def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
+    """What the Dockerfile runs, into a fresh venv: the package (not editable, no
+    dev tools, its hot modules compiled) with the libnftables binding, and a `run`
+    that takes the chart's config."""
+    venv = tmp_path / "venv"
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh"), str(venv)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(render()["ConfigMap"]["data"]["config.yaml"])
+    check = [str(venv / "bin" / "nftproxy"), "run", "--config", str(cfg), "--check-config"]
+    done = subprocess.run(check, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"min_sync_period": 1.0' in done.stdout
+    probe = [str(venv / "bin" / "python"), "-c", "import nftables, pytest"]
+    done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert "No module named 'pytest'" in done.stderr  # nftables imports; no dev tools
+    where = [
+        str(venv / "bin" / "python"),
+        "-c",
+        "import nftproxy.proxy.state as m; print(m.__file__)",
+    ]
+    done = subprocess.run(where, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.strip().endswith(".so")  # compiled with mypyc (setup.py)
