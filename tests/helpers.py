@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -103,3 +106,19 @@ def comparable(t: Table | None) -> Table | None:
         return None
     sets = tuple(replace(s, elements=tuple(sorted(s.elements))) for s in t.sets)
     return replace(t, sets=sets)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll check until it holds; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)

@@ -7,19 +7,18 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import endpoint, service, slice_
+from helpers import endpoint, free_port, service, slice_, wait_for
 
 from nftproxy.controller.proxy import Proxy, start_proxy
 from nftproxy.lab.apiserver import FakeAPIServer
@@ -44,20 +43,6 @@ def node(ip: str, **meta: Any) -> dict[str, Any]:
         "metadata": {"name": "node-a", **meta},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -16,8 +16,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes import client
 
 from nftproxy.cli.main import main, parser
+from nftproxy.k8s.client import RateLimiter, watched
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools" / "helm"
@@ -117,27 +119,53 @@ def test_the_daemonset_runs_where_kube_proxy_runs() -> None:
     assert "--dry-run" not in c["args"]
 
 
-def test_rbac_is_exactly_what_run_needs() -> None:
-    rules = render()["ClusterRole"]["rules"]
-    granted = {
+def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
         (group, resource, verb)
-        for r in rules
+        for r in objs["ClusterRole"]["rules"]
         for group in r["apiGroups"]
         for resource in r["resources"]
         for verb in r["verbs"]
     }
-    want = {
-        *{("", "services", v) for v in ("list", "watch")},
-        *{("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")},
-        *{("networking.k8s.io", "servicecidrs", v) for v in ("list", "watch")},
-        *{("", "nodes", v) for v in ("get", "list", "watch")},
-        *{("", "pods", v) for v in ("list", "watch")},
-        *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
-    }
-    assert granted == want
+
+
+def _called(host_ports: bool) -> set[tuple[str, str, str]]:
+    """What ``run`` asks the API server for, from the client calls it makes: list and
+    watch of each resource :func:`watched` names."""
+    api = client.ApiClient(client.Configuration())
+    out = set()
+    for w in watched(api, "node-a", host_ports=host_ports, limiter=RateLimiter(-1, 1)):
+        group = w.api_version.rpartition("/")[0]
+        plural = w.call.__wrapped__.__name__.removeprefix("list_")  # type: ignore[attr-defined]
+        plural = plural.removesuffix("_for_all_namespaces").replace("_", "") + "s"
+        out |= {(group, plural, verb) for verb in ("list", "watch")}
+    return out
+
+
+@pytest.mark.parametrize("host_ports", [True, False])
+def test_rbac_is_exactly_what_run_calls(host_ports: bool) -> None:
+    """The ClusterRole grants exactly the client's calls: Pods only with hostPorts,
+    no Events (nothing posts them yet), no wildcard."""
+    objs = render(f"hostPorts={str(host_ports).lower()}")
+    granted = _granted(objs)
+    assert granted == _called(host_ports)
+    assert ("", "pods", "list") in granted if host_ports else ("", "pods", "list") not in granted
     assert not any("*" in part for g in granted for part in g)
-    binding = render()["ClusterRoleBinding"]
-    assert binding["subjects"][0]["name"] == render()["ServiceAccount"]["metadata"]["name"]
+    binding = objs["ClusterRoleBinding"]
+    assert binding["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_the_api_server_is_reached_by_its_own_address() -> None:
+    """k8sServiceHost/k8sServicePort become the in-cluster variables; "auto" cannot
+    look anything up offline and says so; DNS is the node's."""
+    c = container(render("k8sServiceHost=10.0.0.1", "k8sServicePort=6443"))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "10.0.0.1"
+    assert env["KUBERNETES_SERVICE_PORT"] == "6443"
+    assert "KUBERNETES_SERVICE_HOST" not in {e["name"] for e in container(render())["env"]}
+    done = helm("template", "x", str(CHART), "--set", "k8sServiceHost=auto")
+    assert done.returncode != 0 and "set k8sServiceHost and k8sServicePort" in done.stderr
+    assert render()["DaemonSet"]["spec"]["template"]["spec"]["dnsPolicy"] == "Default"
 
 
 def test_shadow_mode_applies_nothing_and_keeps_kube_proxys_ports() -> None:

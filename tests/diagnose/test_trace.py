@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from nftproxy.lab.probe import REJECT, Reached, connect
 from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Family
 from nftproxy.sync.apply import sync
+from nftproxy.sync.cleanup import cleanup
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +72,19 @@ def test_a_port_without_endpoints_is_traced_to_its_reject(lab: tuple[Lab, Libnft
 
 
 @pytest.mark.kernel
-def test_a_killed_traces_table_goes_with_the_next_trace(lab: tuple[Lab, Libnftables]) -> None:
+def test_a_killed_traces_table_goes_once_its_lease_runs_out(
+    lab: tuple[Lab, Libnftables],
+) -> None:
+    """A live trace's table stays (its lease holds, whatever PID namespace it ran
+    in), an expired or lease-less one goes; cleanup removes every one."""
     lab_, kernel = lab
-    in_ns(lab_.node, "nft", "add", "table", "ip", f"{PREFIX}999999999")
-    assert remove_stale(kernel) == [f"ip {PREFIX}999999999"]
+    now = time.time()
+    live, expired = f"{PREFIX}{int(now + 100)}-a1b2c3", f"{PREFIX}{int(now - 1)}-d4e5f6"
+    for name in (live, expired, f"{PREFIX}999999999"):  # the last: named before leases
+        in_ns(lab_.node, "nft", "add", "table", "ip", name)
+    assert remove_stale(kernel, now) == [f"ip {expired}", f"ip {PREFIX}999999999"]
+    assert f"table ip {live}" in cleanup(kernel, dry_run=True)
+    in_ns(lab_.node, "nft", "delete", "table", "ip", live)
 
 
 @pytest.mark.kernel

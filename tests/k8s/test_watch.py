@@ -3,29 +3,22 @@ events, bookmarks, 410 Gone, dropped connections, 5xx and an absent server."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
-from helpers import endpoint, service, slice_
+from helpers import endpoint, service, slice_, wait_for
 from kubernetes import client
 
 from nftproxy.k8s.cache import Cache
-from nftproxy.k8s.client import RateLimiter, serves_service_cidrs, watched
+from nftproxy.k8s.client import RateLimiter, api_client, watched
 from nftproxy.k8s.objects import EndpointSlice, Service
 from nftproxy.k8s.reflector import Reflector, Watched
 from nftproxy.lab.apiserver import FakeAPIServer, matches_labels
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 class Watching:
@@ -42,12 +35,18 @@ class Watching:
             client.ApiClient(cfg),
             "node-a",
             host_ports=True,
-            service_cidrs=False,
             limiter=RateLimiter(-1, 1),
         )
+        self.errors: list[tuple[str, str]] = []
         self.reflectors = {
             w.kind: Reflector(
-                w, self.cache, self.stop, watch_seconds=30, backoff_max=0.5, page_size=page_size
+                w,
+                self.cache,
+                self.stop,
+                watch_seconds=30,
+                backoff_max=0.5,
+                page_size=page_size,
+                on_error=lambda kind, reason: self.errors.append((kind, reason)),
             )
             for w in what
         }
@@ -198,6 +197,68 @@ def test_node_is_watched_by_name() -> None:
             w.stop.set()
 
 
+GARBAGE = [
+    (b"[1, 2, 3]", "not an object"),
+    (b"not JSON at all", "not JSON"),
+    (b'{"type": "ADDED", "object": 7}', "bad object"),
+    (b'{"type": "ADDED"}', "bad object"),
+    (b'{"type": "WHAT", "object": {}}', "bad type"),
+    (b'{"type": "MODIFIED", "object": {"kind": "Service"}}', "no metadata"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), GARBAGE)
+def test_a_malformed_watch_line_is_counted_and_watching_goes_on(
+    watching: Watching, line: bytes, reason: str
+) -> None:
+    """Every resource: the line is counted with its reason, a fresh watch follows
+    from the last good version, and later changes still arrive."""
+    w = watching
+    for plural in ("services", "endpointslices"):
+        w.api.send_raw(plural, line)
+    wait_for(lambda: ("Service", reason) in w.errors and ("EndpointSlice", reason) in w.errors)
+    w.api.apply(service("b", clusterIP="172.30.0.11"))
+    w.api.apply(slice_("b", endpoint("10.1.0.2"), name="b-1"))
+    wait_for(lambda: w.names() == {"Service": {"a", "b"}, "EndpointSlice": {"a-1", "b-1"}})
+    assert _services(w).lists == 1  # the position was kept: no relist
+
+
+def test_a_list_without_metadata_is_listed_again() -> None:
+    with FakeAPIServer() as api:
+        api.apply(service("a"))
+        api.break_next_lists(2)
+        w = Watching(api)
+        try:
+            assert ("Service", "bad list") in w.errors or ("EndpointSlice", "bad list") in w.errors
+            assert w.names()["Service"] == {"a"}
+        finally:
+            w.stop.set()
+
+
+def test_a_reflector_that_crashes_starts_again() -> None:
+    """Whatever escapes (here the sink fails on one event) is counted as a crash and
+    the reflector goes on."""
+    with FakeAPIServer() as api:
+        api.bookmark_every = 0.1
+        w = Watching(api)
+        try:
+            real = w.cache.event
+            calls = {"n": 0}
+
+            def failing_once(kind: str, type_: str, obj: dict[str, Any]) -> None:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("a bug in the sink")
+                real(kind, type_, obj)
+
+            w.cache.event = failing_once  # type: ignore[method-assign]
+            api.apply(service("b", clusterIP="172.30.0.11"))
+            wait_for(lambda: ("Service", "crash") in w.errors)
+            wait_for(lambda: "b" in w.names()["Service"], timeout=10)
+        finally:
+            w.stop.set()
+
+
 def test_rate_limiter_spaces_requests() -> None:
     limiter = RateLimiter(qps=50, burst=2)
     start = time.monotonic()
@@ -206,26 +267,39 @@ def test_rate_limiter_spaces_requests() -> None:
     assert time.monotonic() - start >= 0.09  # 2 at once, then 5 at 50/s
 
 
-def test_an_unserved_resource_is_404() -> None:
+def test_an_unserved_optional_resource_counts_as_listed_and_empty() -> None:
+    """ServiceCIDRs on a server before 1.33 (404): the reflector is synced, holds
+    nothing, and asks no more; where they are served, it lists them."""
+    for without, served in ((("servicecidrs",), False), ((), True)):
+        with FakeAPIServer(without=without) as api:
+            cfg = client.Configuration()
+            cfg.host = api.url
+            what = watched(client.ApiClient(cfg), "n", host_ports=False, limiter=RateLimiter(-1, 1))
+            assert [w.kind for w in what] == ["Service", "EndpointSlice", "Node", "ServiceCIDR"]
+            stop = threading.Event()
+            cache = Cache("n")
+            reflector = Reflector(what[-1], cache, stop, watch_seconds=30, backoff_max=0.5)
+            thread = threading.Thread(target=reflector.run, daemon=True)
+            thread.start()
+            wait_for(reflector.synced.is_set)
+            assert reflector.given_up is not served
+            if not served:
+                thread.join(timeout=5)
+                assert not thread.is_alive() and reflector.failures == 0
+            stop.set()
+
+
+def test_api_connections_have_tcp_keepalive() -> None:
+    """A watch whose peer vanished is noticed by TCP keepalive (client-go's timings)."""
     with FakeAPIServer() as api:
-        cfg = client.Configuration()
-        cfg.host = api.url
-        watched_kinds = {
-            w.kind
-            for w in watched(
-                client.ApiClient(cfg),
-                "n",
-                host_ports=False,
-                service_cidrs=False,
-                limiter=RateLimiter(-1, 1),
-            )
-        }
-        assert watched_kinds == {"Service", "EndpointSlice", "Node"}
-        assert not serves_service_cidrs(client.ApiClient(cfg))
-    with FakeAPIServer(without=()) as api:
-        cfg = client.Configuration()
-        cfg.host = api.url
-        assert serves_service_cidrs(client.ApiClient(cfg))
+        client_ = api_client(master=api.url, kubeconfig=None)
+        pool = client_.rest_client.pool_manager.connection_from_url(api.url)
+        conn = pool._new_conn()
+        conn.connect()
+        assert conn.sock is not None
+        assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+        conn.close()
 
 
 def test_watched_is_a_plain_record() -> None:

@@ -542,6 +542,33 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
     assert sync(kernel, ruleset(*web(EPS[0])), checkpoint=cp).from_checkpoint
 
 
+TAMPERED = [
+    ("ip/service-ips", 0, ["172.30.0.10 } ; flush ruleset ; add element ip x y {", "tcp", "80"]),
+    ("ip/backends-1", 1, ["10.1.0.1", "8080; delete table ip nftproxy"]),
+    ("ip/service-ips", 1, ["goto", "x; flush ruleset"]),
+    ("ip/service-ips", 2, 'web"; flush ruleset; "'),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("where", "part", "text"), TAMPERED)
+def test_a_tampered_checkpoint_is_not_trusted(
+    lab: tuple[Lab, Libnftables], tmp_path: Path, where: str, part: int, text: Any
+) -> None:
+    """A checkpoint whose elements would smuggle nft commands (a key, a value or a
+    comment) is no checkpoint: the kernel is read, and nothing of it reaches nft."""
+    lab_, kernel = lab
+    cp = tmp_path / "checkpoint"
+    sync(kernel, ruleset(*web(EPS[0])), checkpoint=cp)
+    saved = json.loads(cp.read_text())
+    saved["elements"][where][0][part] = text
+    cp.write_text(json.dumps(saved))
+    again = sync(kernel, ruleset(*web(EPS[1])), checkpoint=cp)
+    assert not again.from_checkpoint
+    assert in_sync(kernel, ruleset(*web(EPS[1])))
+    assert reached(lab_, CLIENT, "172.30.0.10", 80) == {EPS[1]}
+
+
 @pytest.mark.kernel
 def test_diff_command_exit_codes_and_readers(
     lab: tuple[Lab, Libnftables], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -59,3 +59,37 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 true
 {{- end -}}
 {{- end -}}
+
+{{/*
+The API server's real address as YAML ({host, port}), or nothing: k8sServiceHost and
+k8sServicePort, or with k8sServiceHost "auto" the server of kubeadm's
+kube-system/kube-proxy ConfigMap (kubeconfig.conf), else of kube-public/cluster-info,
+read at install time (helm's lookup; `helm template` cannot look up).
+*/}}
+{{- define "nftproxy.apiServer" -}}
+{{- $host := toString .Values.k8sServiceHost -}}
+{{- $port := toString .Values.k8sServicePort -}}
+{{- if eq $host "auto" -}}
+{{- $server := "" -}}
+{{- $proxy := lookup "v1" "ConfigMap" "kube-system" "kube-proxy" -}}
+{{- if and $proxy (hasKey ($proxy.data | default dict) "kubeconfig.conf") -}}
+{{- $server = (index ((index $proxy.data "kubeconfig.conf") | fromYaml).clusters 0).cluster.server -}}
+{{- end -}}
+{{- if not $server -}}
+{{- $info := lookup "v1" "ConfigMap" "kube-public" "cluster-info" -}}
+{{- if and $info (hasKey ($info.data | default dict) "kubeconfig") -}}
+{{- $server = (index ((index $info.data "kubeconfig") | fromYaml).clusters 0).cluster.server -}}
+{{- end -}}
+{{- end -}}
+{{- if not $server -}}
+{{- fail "k8sServiceHost=auto: neither kube-system/kube-proxy (kubeconfig.conf) nor kube-public/cluster-info was found (helm template cannot look them up); set k8sServiceHost and k8sServicePort to the API server's address" -}}
+{{- end -}}
+{{- $hostport := (urlParse $server).host -}}
+{{- $port = regexFind "[0-9]+$" $hostport | default "443" -}}
+{{- $host = trimSuffix (printf ":%s" $port) $hostport | trimPrefix "[" | trimSuffix "]" -}}
+{{- end -}}
+{{- if $host -}}
+host: {{ $host | quote }}
+port: {{ $port | default "443" | quote }}
+{{- end -}}
+{{- end -}}

@@ -8,6 +8,7 @@ import argparse
 import gc
 import json
 import logging
+import resource
 import signal
 from pathlib import Path
 from types import FrameType
@@ -50,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sysctls.apply(sysctls.wanted(settings), args.netns)
     if is_on(args, "init_only"):
         return 0
+    raise_open_files_limit()
     kernel = Libnftables(args.netns)
     missing = missing_features(kernel)
     if missing:
@@ -81,6 +83,15 @@ def _one_shot(args: argparse.Namespace, settings: Settings) -> bool:
     else:
         return False
     return True
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit of open files raised to the hard one, as Go raises it for
+    kube-proxy (a container starts at 1024: every listener's clients share it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def write_config(settings: Settings, path: Path) -> None:

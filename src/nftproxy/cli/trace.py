@@ -30,6 +30,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         args.proto = "tcp"
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal: the table goes too
     conn = Connection(str(src), str(dst), args.port, args.proto)
     walks = run_trace(
         Libnftables(args.netns),

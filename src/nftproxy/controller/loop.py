@@ -162,11 +162,12 @@ class Loop:
             wanted = self.cache.pending() or self.need_full or self.repair
             step, wait = runner.decide(wanted=wanted, can_check=self.applied is not None)
             if step is Step.SYNC:
-                if self.sync_once() and self.syncs == 1:
+                ok = self.sync_once()
+                if ok and self.syncs == 1:
                     after_first()
-                runner.synced()
+                runner.synced(ok)
             elif step is Step.DRIFT:
-                self.check_drift()
+                self._guarded("drift", self.check_drift)
             else:
                 self.idle.set()
                 # In slices: a signal the kernel hands to another thread runs its Python
@@ -175,10 +176,27 @@ class Loop:
                 self.idle.clear()
                 self.wake.clear()
 
+    def _guarded(self, step: str, work: Callable[[], object]) -> None:
+        """Run work; a failure is logged with its kind, counted, and left for the
+        next time (the loop stops only when told to)."""
+        try:
+            work()
+        except Exception as err:
+            self.observer.error(step, err)
+
     def sync_once(self) -> bool:
-        """One sync of what changed (or of everything); False when the kernel refused it."""
+        """One sync of what changed (or of everything); False when it failed (the
+        kernel refused it, or anything else went wrong: logged, counted, and the
+        next sync replaces the tables whole)."""
         self.wake.clear()
         first, self._first_change = self._first_change, None
+        try:
+            return self._sync(first)
+        except Exception as err:
+            self._failed(err, first)
+            return False
+
+    def _sync(self, first: float | None) -> bool:
         if self.index is None or self.need_full or self.repair or self.clashes:
             snap, changes = self.cache.take()
             return self._sync_all(snap, changes, first)
@@ -274,7 +292,7 @@ class Loop:
             return None
         return desired_tables(self._ruleset(self.index))
 
-    def _failed(self, err: NftError, first: float | None) -> None:
+    def _failed(self, err: Exception, first: float | None) -> None:
         self.failures += 1
         self.need_full = True  # the next one replaces the tables whole
         if first is not None and self._first_change is None:

@@ -13,6 +13,7 @@ from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.metrics import Metrics
 from nftproxy.k8s.cache import Changes, ObjectKey, Snapshot
 from nftproxy.k8s.objects import Service
+from nftproxy.nft.kernel import NftError
 from nftproxy.nft.model import Ruleset
 from nftproxy.proxy.state import ProxyState
 from nftproxy.sync.after import AfterSync
@@ -92,9 +93,20 @@ class Observer:
                     table.pop(key, None)
 
     def failed(self, err: Exception) -> None:
-        """A sync the kernel refused."""
+        """A sync that failed: the kernel refused it, or something else went wrong."""
         self.metrics.sync_failures.inc()
-        self._log.error("sync failed; the next sync replaces the tables whole", error=str(err))
+        if not isinstance(err, NftError):
+            self.metrics.loop_errors.labels(step="sync").inc()
+        self._log.error(
+            "sync failed; the next sync replaces the tables whole",
+            kind=type(err).__name__,
+            error=str(err)[:500],
+        )
+
+    def error(self, step: str, err: Exception) -> None:
+        """A step of the loop other than the sync failed; it is tried again later."""
+        self.metrics.loop_errors.labels(step=step).inc()
+        self._log.error(f"{step} failed", kind=type(err).__name__, error=str(err)[:500])
 
     def synced(self, done: Done, after: AfterSync, elements: int, chains: int) -> None:
         """A sync succeeded: servers, health, metrics, the log line."""
@@ -102,8 +114,11 @@ class Observer:
         self.health_ports.update(ports)
         self.local_counts.update(local)
         if self.services is not None:
-            self.services.sync_services(self.health_ports)
-            self.services.sync_endpoints(self.local_counts)
+            try:
+                self.services.sync_services(self.health_ports)
+                self.services.sync_endpoints(self.local_counts)
+            except Exception as err:  # a server that did not close in time: next sync
+                self.error("servers", err)
         if done.snap.node is not None:
             self.health.node_eligible = done.snap.node.eligible
         self.health.updated()

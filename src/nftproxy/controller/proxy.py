@@ -10,6 +10,7 @@ out of its scans (``gc.freeze``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nftproxy import log
@@ -18,11 +19,14 @@ from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.http import HttpServers, Response
 from nftproxy.controller.serve.metrics import Metrics
 from nftproxy.k8s.cache import Cache
-from nftproxy.k8s.client import RateLimiter, api_client, serves_service_cidrs, watched
+from nftproxy.k8s.client import RateLimiter, api_client, watched
 from nftproxy.k8s.reflector import Reflector
 from nftproxy.nft.kernel import Kernel
 from nftproxy.settings import Settings
 from nftproxy.settings.node import ConfigError, node_config
+
+BIND_RETRY = 5.0
+"""Seconds between tries of an address that could not be bound."""
 
 
 def _split_host_port(text: str) -> tuple[str, int]:
@@ -98,10 +102,14 @@ def build_proxy(
         api,
         base.name,
         host_ports=base.host_ports,
-        service_cidrs=serves_service_cidrs(api),
         limiter=limiter,
     )
-    reflectors = [Reflector(w, loop.cache, stop) for w in what]
+
+    def counted(kind: str, reason: str) -> None:
+        metrics.watch_errors.labels(resource=kind, reason=reason).inc()
+
+    reflectors = [Reflector(w, loop.cache, stop, on_error=counted) for w in what]
+    health.in_sync += [r.in_sync for r in reflectors]
     return Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
 
 
@@ -133,8 +141,31 @@ def _listen(proxy: Proxy, settings: Settings) -> None:
             log.logger().error(f"{what} server cannot bind", address=address, error=str(err))
             if hard:
                 raise ConfigError(f"{what} bind address {address}: {err}") from None
+            threading.Thread(
+                target=_bind_later,
+                args=(proxy, what, host, port, handler),
+                name=f"bind-{what}",
+                daemon=True,
+            ).start()
             continue
         setattr(proxy, f"{what}_port", bound)
+
+
+def _bind_later(
+    proxy: Proxy, what: str, host: str, port: int, handler: Callable[[str], Response]
+) -> None:
+    """Try a failed bind again every ``BIND_RETRY`` seconds until it works or the
+    proxy stops (kube-proxy's retry, without bindAddressHardFail)."""
+    while not proxy.stop.wait(BIND_RETRY):
+        try:
+            bound = proxy.servers.listen(host, port, handler)
+        except OSError:
+            continue
+        except RuntimeError:  # the servers closed meanwhile
+            return
+        setattr(proxy, f"{what}_port", bound)
+        log.logger().info(f"{what} server bound at last", host=host, port=bound)
+        return
 
 
 def start_proxy(

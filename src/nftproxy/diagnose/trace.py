@@ -1,12 +1,15 @@
 """``nftproxy trace``: the path real packets take through nftproxy's chains, as the
 kernel reports it.
 
-A short-lived table of its own (``nftproxy-trace-<pid>``) marks the first packet
+A short-lived table of its own (``nftproxy-trace-<lease>-<random>``) marks the first packet
 of each matching connection for nftables tracing (``meta nftrace set 1``) in
 prerouting and output, after conntrack and before nftproxy's chains;
 ``nft monitor trace`` reports each marked packet's walk through every table.
-The table is removed when the trace ends, on Ctrl-C and on errors; one left by a
-process that was killed is removed by the next trace. Each traced packet is
+The table is removed when the trace ends, on Ctrl-C, SIGTERM, SIGHUP and on
+errors. Its name holds a lease (when the trace's timeout and a minute are over,
+in Unix seconds): one left by a process that was killed is removed by the next
+trace once its lease has run out, whatever PID namespace either ran in, and
+``nftproxy cleanup`` removes every one. Each traced packet is
 printed with the rules of nftproxy's tables it met, their verdicts, the Service
 whose entry it hit and the endpoint it was sent to.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import select
 import subprocess
 import time
@@ -40,6 +44,9 @@ from nftproxy.nft.render import render_script
 from nftproxy.ruleset import names
 
 PREFIX = "nftproxy-trace-"
+LEASE = re.compile(PREFIX + r"(\d+)-[0-9a-f]+")
+LEASE_MARGIN = 60
+"""Seconds a trace table outlives its trace's timeout before another may remove it."""
 PRIORITY = -150  # after conntrack (-200), before nftproxy's filters (-110) and DNAT (-100)
 _LINE = re.compile(r"^trace id (\w+) (\w+) (\S+) (\S+) (packet|rule|verdict|policy):? ?(.*)$")
 _VERDICT = re.compile(r"\(verdict ([^)]*)\)\s*$")
@@ -112,26 +119,32 @@ def marker(conn: Connection, name: str) -> Table:
     return Table(conn.family, name, chains, comment="nftproxy trace (removed when it ends)")
 
 
-def remove_stale(kernel: Kernel) -> list[str]:
-    """Remove trace tables whose process is gone; their names."""
+def remove_stale(kernel: Kernel, now: float | None = None) -> list[str]:
+    """Remove the trace tables whose lease has run out; their names."""
     gone = []
+    now = time.time() if now is None else now
     for family in (Family.IP, Family.IP6):
-        for table in kernel.tables(family):
-            if table.startswith(PREFIX) and not _alive(table[len(PREFIX) :]):
+        for table in sorted(kernel.tables(family)):
+            if not table.startswith(PREFIX):
+                continue
+            if lease_of(table) < now:
                 kernel.run(f"delete table {family.value} {table}\n")
                 gone.append(f"{family.value} {table}")
     return gone
 
 
-def _alive(pid: str) -> bool:
-    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+def lease_of(table: str) -> float:
+    """When a trace table's lease runs out (0: none, as a table named before leases)."""
+    found = LEASE.fullmatch(table)
+    return float(found.group(1)) if found else 0.0
 
 
 @contextlib.contextmanager
-def marking(kernel: Kernel, conn: Connection) -> Iterator[str]:
+def marking(kernel: Kernel, conn: Connection, timeout: float = 10.0) -> Iterator[str]:
     """The marker table in place for the block; always removed after it."""
     remove_stale(kernel)
-    name = f"{PREFIX}{os.getpid()}"
+    until = int(time.time() + timeout + LEASE_MARGIN)
+    name = f"{PREFIX}{until}-{secrets.token_hex(3)}"
     kernel.run(render_script(Ruleset((marker(conn, name),)), name))
     try:
         yield name
@@ -287,7 +300,7 @@ def run_trace(
     """Trace up to ``count`` packets of conn (``on_ready`` runs once the kernel
     reports them)."""
     ours = kernel.read_table(conn.family, names.TABLE)
-    with marking(kernel, conn):
+    with marking(kernel, conn, timeout):
         proc = monitor(netns)
         try:
             time.sleep(SUBSCRIBE_WAIT)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from nftproxy.k8s.reflector import Watched
 
@@ -25,7 +26,26 @@ def api_client(*, master: str | None, kubeconfig: str | None) -> Any:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     if master:
         cfg.host = master
+    cfg.socket_options = keepalive_options()
     return client.ApiClient(cfg)
+
+
+KEEPALIVE = (30, 15, 9)
+"""client-go's TCP keepalive: idle 30 s, then a probe every 15 s, 9 of them."""
+
+
+def keepalive_options() -> list[tuple[int, int, int]]:
+    """Socket options for API connections: urllib3's (no Nagle) and TCP keepalive, so
+    that a watch whose peer went away silently is noticed in about 2.5 minutes,
+    not at its read timeout."""
+    idle, interval, count = KEEPALIVE
+    return [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count),
+    ]
 
 
 DEFAULT_QPS = 5.0
@@ -60,6 +80,7 @@ class RateLimiter:
 def limited(call: Callable[..., Any], limiter: RateLimiter) -> Callable[..., Any]:
     """call, after the limiter lets it go."""
 
+    @functools.wraps(call)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         limiter.wait()
         return call(*args, **kwargs)
@@ -67,24 +88,15 @@ def limited(call: Callable[..., Any], limiter: RateLimiter) -> Callable[..., Any
     return wrapped
 
 
-def serves_service_cidrs(api: Any) -> bool:
-    """Whether the server has networking.k8s.io/v1 ServiceCIDRs (Kubernetes 1.33+)."""
-    try:
-        lister: Callable[..., Any] = client.NetworkingV1Api(api).list_service_cidr
-        lister(limit=1, _preload_content=False).release_conn()
-    except ApiException as err:
-        if err.status in (403, 404):
-            return False
-        raise
-    return True
-
-
-def watched(
-    api: Any, node_name: str, *, host_ports: bool, service_cidrs: bool, limiter: RateLimiter
-) -> list[Watched]:
+def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter) -> list[Watched]:
     """What ``run`` lists and watches, with kube-proxy's selectors: Services and
     EndpointSlices not headless (Services of another proxy are skipped when
-    parsed), this node's Pods (for hostPorts), this Node, and ServiceCIDRs."""
+    parsed), this node's Pods (for hostPorts), this Node, and ServiceCIDRs.
+
+    Pods and ServiceCIDRs are optional: a server without ServiceCIDRs (before
+    Kubernetes 1.33) answers 404, a role without Pods (kube-proxy's own
+    ``system:node-proxier``) 403, and the proxy goes on without them. Nothing here
+    talks to the server: the reflectors do, retrying while it is away."""
     core = client.CoreV1Api(api)
     out = [
         Watched(
@@ -113,14 +125,15 @@ def watched(
                 "v1",
                 limited(core.list_pod_for_all_namespaces, limiter),
                 field_selector=f"spec.nodeName={node_name}",
+                optional=True,
             )
         )
-    if service_cidrs:
-        out.append(
-            Watched(
-                "ServiceCIDR",
-                "networking.k8s.io/v1",
-                limited(client.NetworkingV1Api(api).list_service_cidr, limiter),
-            )
+    out.append(
+        Watched(
+            "ServiceCIDR",
+            "networking.k8s.io/v1",
+            limited(client.NetworkingV1Api(api).list_service_cidr, limiter),
+            optional=True,
         )
+    )
     return out

@@ -6,8 +6,21 @@ resourceVersion it saw (BOOKMARKs keep it fresh); ``410 Gone`` (an ERROR
 event, or the status of a request) makes it list again, and the sink is told
 to replace everything it holds for the resource, so that nothing deleted in
 the gap survives and nothing is applied twice; any other failure (connection
-refused or dropped, 5xx) is retried with backoff (tenacity) from the last
-resourceVersion, for as long as the API server is away.
+refused or dropped, 5xx) is retried with backoff (tenacity, full jitter) from the
+last resourceVersion, for as long as the API server is away.
+
+A reflector never dies. A watch line that is not an event (not JSON, not an
+object, a type or object of the wrong shape) is logged with its resource,
+counted (``on_error(kind, reason)``) and followed by a fresh watch from the last
+good resourceVersion; a list page without its metadata is listed again with
+backoff. Anything else that escapes is logged, counted and retried after
+backoff. A resource the server does not serve, or that this proxy may not list
+(404, 403), is given up on when the :class:`Watched` is ``optional``: it counts
+as listed and empty (ServiceCIDRs on clusters before 1.33, Pods without RBAC).
+
+Each watch asks to stay open for a random time between ``watch_seconds`` and
+twice that (client-go picks 5-10 minutes), so that a fleet does not reconnect in
+step.
 
 Raw JSON goes straight to the sink (``_preload_content=False``): the client's
 model classes would cost seconds at 10,000 Services.
@@ -15,7 +28,9 @@ model classes would cost seconds at 10,000 Services.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,8 +44,11 @@ from kubernetes.watch.watch import iter_resp_lines
 from nftproxy import log
 
 WATCH_SECONDS = 300
-"""How long one watch asks to stay open (kube's reflectors pick 5-10 minutes)."""
+"""The shortest a watch asks to stay open; the longest is twice that (client-go
+picks 5-10 minutes at random)."""
 CONNECT_SECONDS = 5.0
+LIST_SECONDS = 60.0
+"""The longest one list page may take to arrive."""
 BACKOFF_MAX = 30.0
 PAGE_SIZE = 500
 """Objects per list page (kube's reflectors ask for 500): the JSON of one page is
@@ -60,6 +78,8 @@ class Watched:
     """A ``list_*`` method of a kubernetes API class."""
     label_selector: str = ""
     field_selector: str = ""
+    optional: bool = False
+    """A 404 or 403 on its list means "none here": listed empty, not watched."""
 
 
 class GoneError(Exception):
@@ -70,10 +90,77 @@ class WatchFailedError(Exception):
     """The watch stream carried an ERROR event other than 410."""
 
 
+class MalformedError(Exception):
+    """What the server sent is not what the API sends: ``reason`` says how."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+NOT_SERVED = (403, 404)
+
+
 def _transient(err: BaseException) -> bool:
     if isinstance(err, ApiException):
         return bool(err.status != 410)
-    return isinstance(err, (urllib3.exceptions.HTTPError, OSError, WatchFailedError, ValueError))
+    return isinstance(
+        err, (urllib3.exceptions.HTTPError, OSError, WatchFailedError, ValueError, MalformedError)
+    )
+
+
+def check_event(event: Any) -> tuple[str, Mapping[str, Any]]:
+    """A watch event's type and object, checked: :class:`MalformedError` otherwise."""
+    if not isinstance(event, Mapping):
+        raise MalformedError("not an object", type(event).__name__)
+    type_, obj = event.get("type"), event.get("object")
+    if type_ not in EVENT_TYPES:
+        raise MalformedError("bad type", repr(type_)[:80])
+    if not isinstance(obj, Mapping):
+        raise MalformedError("bad object", type(obj).__name__)
+    if type_ != "ERROR" and not isinstance(obj.get("metadata"), Mapping):
+        raise MalformedError("no metadata", str(type_))
+    return str(type_), obj
+
+
+def check_page(body: Any) -> tuple[list[Any], str, str]:
+    """A list page's items, resourceVersion and continue token, checked."""
+    if not isinstance(body, Mapping):
+        raise MalformedError("bad list", type(body).__name__)
+    meta = body.get("metadata")
+    items = body.get("items") or []
+    if not isinstance(meta, Mapping) or not meta.get("resourceVersion"):
+        raise MalformedError("bad list", "no metadata.resourceVersion")
+    if not isinstance(items, list):
+        raise MalformedError("bad list", "items is not a list")
+    return items, str(meta["resourceVersion"]), str(meta.get("continue") or "")
+
+
+def backoff(attempt: int, cap: float, base: float = 0.2) -> float:
+    """How long to wait before attempt n+1: full jitter, uniform in
+    ``[0, min(cap, base * 2**n))`` (a fleet that lost the API server together
+    does not come back together, even at the cap)."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+OnError = Callable[[str, str], None]
+"""Told of every failure: the resource's kind and a short reason (a metric label)."""
+
+
+def reason_of(err: BaseException) -> str:
+    """A failure as a short, bounded label."""
+    if isinstance(err, MalformedError):
+        return err.reason
+    if isinstance(err, ApiException):
+        return f"http {err.status}"
+    if isinstance(err, WatchFailedError):
+        return "watch error"
+    if isinstance(err, ValueError):
+        return "not JSON"
+    if isinstance(err, (urllib3.exceptions.HTTPError, OSError)):
+        return "connection"
+    return "crash"
 
 
 class Reflector:
@@ -85,9 +172,11 @@ class Reflector:
         sink: Sink,
         stop: threading.Event,
         *,
-        watch_seconds: int = WATCH_SECONDS,
+        watch_seconds: int | None = None,
         backoff_max: float = BACKOFF_MAX,
         page_size: int = PAGE_SIZE,
+        on_error: OnError | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.what = what
         self.sink = sink
@@ -97,36 +186,94 @@ class Reflector:
         self.resource_version = ""
         self.watch_seconds = watch_seconds
         self.page_size = page_size
+        self.on_error = on_error or (lambda kind, reason: None)
+        self.clock = clock
         self.lists = 0
         self.pages = 0
         self.failures = 0
+        self.given_up = False
+        """An optional resource the server does not serve (or lets us list)."""
+        self.failing_since: float | None = clock()
+        """When the current run of failures began (None: the last request went well);
+        the start counts until the first list."""
         self._log = log.logger().bind(kind=what.kind)
+        self.backoff_max = backoff_max
         self._retrying = tenacity.Retrying(
-            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=backoff_max),
-            retry=tenacity.retry_if_exception(_transient),
+            wait=lambda state: backoff(state.attempt_number, backoff_max),
+            retry=tenacity.retry_if_exception(self._retryable),
             stop=lambda _: stop.is_set(),
             sleep=stop.wait,  # type: ignore[arg-type] # returns a bool, ignored
             before_sleep=self._failed,
             reraise=True,
         )
 
+    def _retryable(self, err: BaseException) -> bool:
+        """Transient failures are retried, but an optional resource's 403 or 404,
+        which means it is not there for us."""
+        unserved = isinstance(err, ApiException) and err.status in NOT_SERVED
+        return _transient(err) and not (self.what.optional and unserved)
+
+    def in_sync(self, bound: float) -> bool:
+        """Whether the resource has not been failing for longer than bound (seconds)."""
+        since = self.failing_since
+        return since is None or self.clock() - since < bound
+
+    def _ok(self) -> None:
+        self.failing_since = None
+
     def _failed(self, state: tenacity.RetryCallState) -> None:
-        self.failures += 1
         err = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0
-        self._log.warning("list/watch failed; retrying", error=str(err), retry_in=round(wait, 2))
+        self._count(err)
+        self._log.warning(
+            "list/watch failed; retrying",
+            reason=reason_of(err) if err else None,
+            error=str(err)[:200],
+            retry_in=round(wait, 2),
+        )
+
+    def _count(self, err: BaseException | None) -> None:
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = self.clock()
+        self.on_error(self.what.kind, reason_of(err) if err else "crash")
 
     def run(self) -> None:
-        """List and watch until stop is set."""
-        while not self.stop.is_set():
+        """List and watch until stop is set: nothing else ends it."""
+        attempt = 0
+        while not self.stop.is_set() and not self.given_up:
             try:
                 self._retrying(self._step)
-            except (GoneError, ApiException):
+                attempt = 0
+            except (GoneError, ApiException) as err:
+                if isinstance(err, ApiException) and err.status in NOT_SERVED:
+                    self._not_served(err)
                 self.resource_version = ""  # 410: list again
             except Exception as err:
-                if not self.stop.is_set():
-                    self._log.error("reflector stopped", error=repr(err))
-                    raise
+                if self.stop.is_set():
+                    return
+                attempt += 1
+                self._count(err)
+                wait = backoff(attempt, self.backoff_max)
+                self._log.error(
+                    "reflector failed; starting again",
+                    error=repr(err)[:200],
+                    retry_in=round(wait, 2),
+                )
+                self.stop.wait(wait)
+
+    def _not_served(self, err: ApiException) -> None:
+        """A 403 or 404: an optional resource counts as listed and empty."""
+        if not self.what.optional:
+            return
+        self._log.warning(
+            "not served or not allowed; going on without it", status=err.status, reason=err.reason
+        )
+        self.sink.retain(self.what.kind, set())
+        self.given_up = True
+        self._ok()
+        self.lists += 1
+        self.synced.set()
 
     def _step(self) -> None:
         if not self.resource_version:
@@ -148,63 +295,65 @@ class Reflector:
         keys: set[tuple[str, str]] = set()
         token, version = "", ""
         while True:
-            body = self._page(token)
+            raw, rv, token = check_page(self._page(token))
             items = [
                 {"kind": self.what.kind, "apiVersion": self.what.api_version, **item}
-                for item in body.get("items") or []
+                for item in raw
+                if isinstance(item, Mapping)
             ]
             keys |= self.sink.put(self.what.kind, items)
-            meta = body["metadata"]
-            version = version or str(meta["resourceVersion"])
-            token = meta.get("continue") or ""
+            version = version or rv
             if not token:
                 break
         self.sink.retain(self.what.kind, keys)
         self.resource_version = version
         self.lists += 1
+        self._ok()
         self.synced.set()
 
-    def _page(self, token: str) -> Mapping[str, Any]:
+    def _page(self, token: str) -> Any:
         kwargs = {**self._kwargs(), "limit": self.page_size}
         if token:
             kwargs["_continue"] = token
-        resp = self.what.call(**kwargs, _request_timeout=(CONNECT_SECONDS, 120))
+        resp = self.what.call(**kwargs, _request_timeout=(CONNECT_SECONDS, LIST_SECONDS))
         try:
-            body: Mapping[str, Any] = orjson.loads(resp.data)
+            body = orjson.loads(resp.data)
         finally:
             resp.release_conn()
         self.pages += 1
         return body
 
     def _watch(self) -> None:
+        """Watch from the last resourceVersion. A line that is not an event raises
+        :class:`MalformedError`: a fresh watch follows, after backoff."""
+        seconds = self.watch_seconds or int(random.uniform(WATCH_SECONDS, 2 * WATCH_SECONDS))
         resp = self.what.call(
             **self._kwargs(),
             watch=True,
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
-            timeout_seconds=self.watch_seconds,
-            _request_timeout=(CONNECT_SECONDS, self.watch_seconds + 30),
+            timeout_seconds=seconds,
+            _request_timeout=(CONNECT_SECONDS, seconds + 30),
         )
         try:
             for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                 if self.stop.is_set():
                     return
                 if line:
-                    self._on_event(orjson.loads(line))
+                    self._on_event(*check_event(orjson.loads(line)))
+                    self._ok()
         finally:
             resp.release_conn()
 
-    def _on_event(self, event: Mapping[str, Any]) -> None:
-        type_, obj = event.get("type"), event.get("object") or {}
+    def _on_event(self, type_: str, obj: Mapping[str, Any]) -> None:
         if type_ == "ERROR":
             if obj.get("code") == 410:
                 self._log.info("resourceVersion expired; listing again", message=obj.get("message"))
                 raise GoneError(obj.get("message"))
             raise WatchFailedError(f"watch error: {obj.get('code')} {obj.get('message')}")
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if type_ in ("ADDED", "MODIFIED", "DELETED"):
-            obj.setdefault("kind", self.what.kind)
-            obj.setdefault("apiVersion", self.what.api_version)
-            self.sink.event(self.what.kind, str(type_), obj)
+        rv = obj["metadata"].get("resourceVersion")
+        if type_ != "BOOKMARK":
+            event = {"kind": self.what.kind, "apiVersion": self.what.api_version, **obj}
+            self.sink.event(self.what.kind, type_, event)
         if rv:
             self.resource_version = str(rv)

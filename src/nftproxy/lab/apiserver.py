@@ -286,6 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
             items, rv = api.store.listing(query)
         limit = int(params.get("limit") or 0)
         page, rest = (items[:limit], items[limit:]) if limit > 0 else (items, [])
+        if api.take_broken_list():
+            self._json(200, {"kind": res.kind + "List", "items": page})
+            return
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if rest:
             meta["continue"] = api.hold_continue(rest, rv)
@@ -307,7 +310,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
     def _chunk(self, event: Mapping[str, Any]) -> None:
-        data = orjson.dumps(event) + b"\n"
+        self._raw_chunk(orjson.dumps(event))
+
+    def _raw_chunk(self, line: bytes) -> None:
+        data = line + b"\n"
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
@@ -347,6 +353,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if seen is not None:
                         self._chunk({"type": seen[0], "object": seen[1]})
                     rv = ev.rv
+                for raw in api.take_raw(query.plural):
+                    self._raw_chunk(raw)
                 now = time.monotonic()
                 if bookmarks and now - last_bookmark >= api.bookmark_every:
                     res = RESOURCES[query.plural]
@@ -413,6 +421,8 @@ class FakeAPIServer:
         self._tokens = itertools.count(1)
         self._expiries = 0
         self._failures: deque[int] = deque()
+        self._raw: dict[str, list[bytes]] = {}
+        self._broken_lists = 0
         self._lock = threading.Lock()
         self.served = {k: v for k, v in RESOURCES.items() if k not in without}
         self._port = port
@@ -496,6 +506,30 @@ class FakeAPIServer:
         """The status the next request must fail with, or 0."""
         with self._lock:
             return self._failures.popleft() if self._failures else 0
+
+    def send_raw(self, plural: str, line: bytes) -> None:
+        """The next watch stream of plural (an open one, or the next opened) carries
+        line as it is, a chunk of its own: what a client does with garbage."""
+        with self._lock:
+            self._raw.setdefault(plural, []).append(line)
+
+    def take_raw(self, plural: str) -> list[bytes]:
+        """The raw lines waiting for a watch of plural."""
+        with self._lock:
+            return self._raw.pop(plural, [])
+
+    def break_next_lists(self, count: int) -> None:
+        """The next ``count`` lists answer a body without ``metadata``."""
+        with self._lock:
+            self._broken_lists += count
+
+    def take_broken_list(self) -> bool:
+        """Whether this list must come without its metadata."""
+        with self._lock:
+            if self._broken_lists:
+                self._broken_lists -= 1
+                return True
+            return False
 
     def serves(self, plural: str) -> bool:
         """Whether this server knows the resource."""

@@ -4,14 +4,20 @@ read them back (at 10,000 Services they are nearly all of a table; reading them 
 
 The file is plain JSON, versioned: ``{"version", "generation", "elements"}``, the
 elements by ``family/set`` as ``[key, value, comment]`` lists. No code is
-loaded from it (it may sit on a hostPath). It is written atomically: a temporary
+loaded from it (it may sit on a hostPath), and what is read back is checked as
+the kernel would take it before it may reach a transaction (``delete element``
+names its keys): an address, protocol, port or index of the set's type, a
+verdict nftproxy writes, a comment nft accepts. One element that fails makes the
+whole checkpoint untrusted: the kernel is read instead. It is written atomically: a temporary
 file unique to the writer, mode 0600, fsynced, then renamed over the old one. A
 file that cannot be read (missing, another version, damaged) is no checkpoint.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +25,9 @@ from typing import Any
 
 import orjson
 
-from nftproxy.nft.model import Element, Family, Table
+from nftproxy.nft import values
+from nftproxy.nft.model import DataType, Element, Family, Set, Table
+from nftproxy.nft.render import COMMENT_MAX, COMMENT_SAFE
 
 VERSION = 3
 
@@ -59,12 +67,56 @@ class Checkpoint:
                 key = f"{family.value}/{s.name}"
                 if s.dynamic:
                     sets.append(s)
-                elif key not in self.elements:
+                elif key not in self.elements or not all(
+                    valid(e, s, family) for e in self.elements[key]
+                ):
                     return None
                 else:
                     sets.append(replace(s, elements=tuple(self.elements[key])))
             out[family] = replace(t, sets=tuple(sets))
         return out
+
+
+_CHAIN = re.compile(r"[A-Za-z][A-Za-z0-9_./-]*")
+_VERDICTS = {"accept", "drop", "return"}
+_TO_CHAIN = {"goto", "jump"}
+
+
+def valid(e: Element, s: Set, family: Family) -> bool:
+    """Whether an element read from a checkpoint fits set s as the kernel holds it."""
+    key_ok = len(e.key) == len(s.key) and all(
+        _component(kind, family, text, s.interval) for kind, text in zip(s.key, e.key, strict=True)
+    )
+    comment_ok = e.comment is None or (
+        len(e.comment.encode()) <= COMMENT_MAX and bool(COMMENT_SAFE.fullmatch(e.comment))
+    )
+    return key_ok and comment_ok and _value_ok(e.value, s, family)
+
+
+def _value_ok(value: tuple[str, ...] | None, s: Set, family: Family) -> bool:
+    if not s.value or value is None:
+        return not s.value and value is None
+    if s.value == (DataType.VERDICT,):
+        word, *chain = value
+        if word in _TO_CHAIN:
+            return len(chain) == 1 and bool(_CHAIN.fullmatch(chain[0]))
+        return word in _VERDICTS and not chain
+    return len(value) == len(s.value) and all(
+        _component(kind, family, text, False) for kind, text in zip(s.value, value, strict=True)
+    )
+
+
+def _component(kind: DataType, family: Family, text: str, interval: bool) -> bool:
+    """One key or value component: what :func:`~nftproxy.nft.values.pack` takes (a
+    CIDR too in an interval set's addresses)."""
+    try:
+        if interval and kind == DataType.ADDR and "/" in text:
+            net = ipaddress.ip_network(text, strict=False)
+            return net.version == (4 if family == Family.IP else 6)
+        values.pack(kind, family, text)
+    except (ValueError, values.UnknownTypeError):
+        return False
+    return True
 
 
 def _plain(e: Element) -> list[Any]:

@@ -1,9 +1,12 @@
 """/healthz, /livez and the healthCheckNodePort servers, with kube-proxy's semantics.
 
 The proxy is unhealthy when a change was queued and not applied within the
-health timeout (2 x syncPeriod). /healthz is also unhealthy while the Node is
-being deleted or tainted ``ToBeDeletedByClusterAutoscaler`` (load balancers
-drain it); /livez ignores the Node. A healthCheckNodePort answers 200 when this
+health timeout (2 x syncPeriod). /healthz is also unhealthy until the first sync
+(as kube-proxy's), while a watched resource has been failing for longer than
+the timeout (``in_sync`` checks), and while the Node is being deleted or tainted
+``ToBeDeletedByClusterAutoscaler`` (load balancers drain it). /livez ignores all
+three: a proxy waiting for its API server is alive, and restarting it would not
+bring the server back. A healthCheckNodePort answers 200 when this
 node has ready local endpoints for its Service and the proxy is healthy, else 503.
 """
 
@@ -43,6 +46,9 @@ class ProxyHealth:
         self._last_updated: float | None = None
         self._oldest_queued: float | None = None
         self.node_eligible = True
+        self.in_sync: list[Callable[[float], bool]] = []
+        """Checks that each watched resource has not been failing for longer than
+        the bound given (the reflectors' ``in_sync``)."""
 
     def queued(self) -> None:
         """A change arrived that the kernel does not hold yet."""
@@ -61,6 +67,12 @@ class ProxyHealth:
         with self._lock:
             queued = self._oldest_queued
             return queued is None or self.clock() - queued < self.timeout
+
+    def ready(self) -> bool:
+        """What /healthz adds to :meth:`healthy`: a first sync, and every resource in sync."""
+        with self._lock:
+            synced = self._last_updated is not None
+        return synced and all(check(self.timeout) for check in self.in_sync)
 
     def _answer(self, healthy: bool, counter: str, extra: bytes) -> Response:
         now = self.clock()
@@ -86,7 +98,7 @@ class ProxyHealth:
             return Response(404, b"404 page not found\n")
         eligible = self.node_eligible
         flag = b', "nodeEligible": ' + (b"true" if eligible else b"false")
-        return self._answer(self.healthy() and eligible, "healthz", flag)
+        return self._answer(self.healthy() and self.ready() and eligible, "healthz", flag)
 
 
 class ServiceHealthServers:

@@ -86,6 +86,18 @@ class Metrics:
             "Cumulative proxy conntrack cleanup failures",
             registry=r,
         )
+        self.watch_errors = Counter(
+            "nftproxy_watch_errors",
+            "List and watch failures, by resource and reason (malformed lines included)",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.loop_errors = Counter(
+            "nftproxy_loop_errors",
+            "Failures the loop caught and retried, by step (sync, drift, servers)",
+            ["step"],
+            registry=r,
+        )
         self.drift_repaired = Counter(
             "nftproxy_drift_repaired",
             "Differences between the kernel and what was applied, found and repaired",
