@@ -2,7 +2,8 @@
 # Sets everything up (scripts/bootstrap.sh), then runs lint, type checks and every
 # test, the kernel ones included (needs root: they build network namespaces),
 # against the installed package with its compiled modules; without arguments, the
-# tests that need no kernel run again on the tree's uncompiled code.
+# tests that need no kernel run again on the tree's uncompiled code, and once more
+# with the lowest versions of the dependencies pyproject.toml allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -13,4 +14,5 @@ PYTHONPATH=src .venv/bin/lint-imports  # the tree, as ruff and mypy see it
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 if [ $# -eq 0 ]; then
     PYTHONPATH=src .venv/bin/python -m pytest -q -p no:cacheprovider -m "not kernel"
+    bash scripts/lowest_deps.sh  # the declared lower bounds, proven (about a minute)
 fi

@@ -199,9 +199,10 @@ class Reflector:
         self._log = log.logger().bind(kind=what.kind)
         self.backoff_max = backoff_max
         self._retrying = tenacity.Retrying(
-            wait=lambda state: backoff(state.attempt_number, backoff_max),
+            # Keyword-named as tenacity 8.0 passes them (retry_state=...).
+            wait=lambda retry_state: backoff(retry_state.attempt_number, backoff_max),
             retry=tenacity.retry_if_exception(self._retryable),
-            stop=lambda _: stop.is_set(),
+            stop=lambda retry_state: stop.is_set(),
             sleep=stop.wait,  # type: ignore[arg-type] # returns a bool, ignored
             before_sleep=self._failed,
             reraise=True,
@@ -221,7 +222,8 @@ class Reflector:
     def _ok(self) -> None:
         self.failing_since = None
 
-    def _failed(self, state: tenacity.RetryCallState) -> None:
+    def _failed(self, retry_state: tenacity.RetryCallState) -> None:
+        state = retry_state
         err = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0
         self._count(err)
