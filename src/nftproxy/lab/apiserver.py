@@ -243,7 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         url = urllib.parse.urlsplit(self.path)
         params = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        api.requests.append(f"GET {url.path}{'?watch' if _true(params.get('watch')) else ''}")
+        line = f"GET {url.path}{'?watch' if _true(params.get('watch')) else ''}"
+        api.requests.append(line)
+        api.timed.append((time.monotonic(), line))
         failing = api.take_failure()
         if failing:
             self._json(failing, _status(failing, "InternalError", "injected failure"))
@@ -415,6 +417,8 @@ class FakeAPIServer:
         self.bookmark_every = 1.0
         self.generation = 0
         self.requests: deque[str] = deque(maxlen=10_000)
+        self.timed: deque[tuple[float, str]] = deque(maxlen=100_000)
+        """The same requests with when they came (monotonic), for the benchmarks."""
         self.active_watches = 0
         self.continues: dict[str, tuple[list[dict[str, Any]], int]] = {}
         """The rest of each paged list, by continue token (a snapshot, as etcd's)."""
