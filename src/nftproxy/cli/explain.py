@@ -16,13 +16,14 @@ from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Family, Table
 from nftproxy.ruleset import names
 from nftproxy.ruleset.pipeline import desired, nothing_usable
+from nftproxy.settings import Settings
 from nftproxy.settings.node import ConfigError, node_config
 
 
-def _table(args: argparse.Namespace, family: Family) -> Table | None:
+def _table(args: argparse.Namespace, settings: Settings, family: Family) -> Table | None:
     if args.kernel:
         return Libnftables(getattr(args, "netns", None)).read_table(family, names.TABLE)
-    wanted = desired(settings_of(args), args.paths, getattr(args, "netns", None))
+    wanted = desired(settings, args.paths, getattr(args, "netns", None))
     if nothing_usable(wanted):
         return None
     return next((t for t in wanted.ruleset.tables if t.family == family), None)
@@ -38,7 +39,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             ipaddress.ip_address(args.src)
     except ValueError as err:
         raise ConfigError(f"explain: {err}") from None
-    node = node_config(settings_of(args), getattr(args, "netns", None))
+    settings = settings_of(args)  # once: resolving it logs its warnings
+    node = node_config(settings, getattr(args, "netns", None))
     family = Family.IP if dst.version == 4 else Family.IP6
     local = frozenset(str(ip) for ip in node.ips)
     src = args.src
@@ -48,7 +50,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise ConfigError(f"--from node: the node has no IPv{dst.version} address")
     elif ipaddress.ip_address(src).version != dst.version:
         raise ConfigError("--from and --to must be of one IP family")
-    table = _table(args, family)
+    table = _table(args, settings, family)
     if table is None:
         raise ConfigError(f"no table {family.value} {names.TABLE} to explain")
     outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto, args.iif)

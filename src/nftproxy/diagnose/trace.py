@@ -42,8 +42,9 @@ from nftproxy.nft.model import (
 )
 from nftproxy.nft.render import render_script
 from nftproxy.ruleset import names
+from nftproxy.sync.cleanup import TRACE_PREFIX
 
-PREFIX = "nftproxy-trace-"
+PREFIX = TRACE_PREFIX
 LEASE = re.compile(PREFIX + r"(\d+)-[0-9a-f]+")
 LEASE_MARGIN = 60
 """Seconds a trace table outlives its trace's timeout before another may remove it."""

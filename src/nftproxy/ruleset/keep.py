@@ -29,7 +29,7 @@ from nftproxy.nft.model import Dnat, Element, Family, Ruleset, Table
 from nftproxy.nft.render import chain_targets, set_references
 from nftproxy.proxy.state import ProxyState
 from nftproxy.ruleset import names
-from nftproxy.ruleset.build import SETS, fixed_table
+from nftproxy.ruleset.build import SETS, fixed_table, unique
 
 Owner = tuple[str, str]
 """``(namespace, name)`` of a Service or a Pod with hostPorts."""
@@ -185,7 +185,7 @@ def _merged(want: Table, part: Table) -> Table:
     want lacks."""
     extra = {s.name: s for s in part.sets}
     sets = [
-        replace(s, elements=_unique((*s.elements, *extra.pop(s.name).elements)))
+        replace(s, elements=unique((*s.elements, *extra.pop(s.name).elements)))
         if s.name in extra
         else s
         for s in want.sets
@@ -195,17 +195,10 @@ def _merged(want: Table, part: Table) -> Table:
     bases = [c for c in want.chains if c.base is not None]
     regular = [c for c in want.chains if c.base is None]
     return replace(
-        want, chains=(*regular, *chains, *bases), sets=(*sets, *sorted(extra.values(), key=_name))
+        want,
+        chains=(*regular, *chains, *bases),
+        sets=(*sets, *sorted(extra.values(), key=lambda s: s.name)),
     )
-
-
-def _name(s: object) -> str:
-    return str(getattr(s, "name", ""))
-
-
-def _unique(elements: Iterable[Element]) -> tuple[Element, ...]:
-    """Elements unique by key, the first kept."""
-    return tuple({e.key: e for e in reversed(tuple(elements))}.values())[::-1]
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ IPTABLES = tuple(
 
 
 TRACE_PREFIX = "nftproxy-trace-"
-"""The tables ``nftproxy trace`` marks packets with (diagnose is above this layer)."""
+"""The names of the tables ``nftproxy trace`` marks packets with: cleanup removes
+any left, and :mod:`nftproxy.diagnose.trace` (a layer above) names them so."""
 
 
 def delete_tables(kernel: Kernel, table: str, *, dry_run: bool = False) -> list[str]:
@@ -209,11 +210,9 @@ def cleanup(
     """Remove nftproxy's tables (and kube-proxy's leftovers with ``kube_proxy``);
     with ``dry_run`` only say what would go."""
     gone = delete_tables(kernel, names.TABLE, dry_run=dry_run)
-    for family in Family:  # tables of traces that were killed: see nftproxy.diagnose.trace
-        for table in sorted(t for t in kernel.tables(family) if t.startswith(TRACE_PREFIX)):
-            if not dry_run:
-                kernel.run(f"delete table {family.value} {table}\n")
-            gone.append(f"table {family.value} {table}")
+    traces = {t for family in Family for t in kernel.tables(family) if t.startswith(TRACE_PREFIX)}
+    for table in sorted(traces):  # tables of traces that were killed (nftproxy.diagnose.trace)
+        gone += delete_tables(kernel, table, dry_run=dry_run)
     if kube_proxy:
         gone += delete_tables(kernel, KUBE_PROXY_TABLE, dry_run=dry_run)
         gone += delete_kube_proxy_iptables(netns, dry_run=dry_run)
