@@ -168,6 +168,53 @@ def test_the_api_server_is_reached_by_its_own_address() -> None:
     assert render()["DaemonSet"]["spec"]["template"]["spec"]["dnsPolicy"] == "Default"
 
 
+PROBE = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probe
+data:
+  server: {{ include "nftproxy.serverOf" .Values.kubeconfig | quote }}
+  address: {{ include "nftproxy.hostPort" .Values.server | quote }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "host", "port"),
+    [
+        ("https://control-plane.example:6443", "control-plane.example", "6443"),
+        ("https://10.0.0.1", "10.0.0.1", "443"),
+        ("https://node1", "node1", "443"),
+        ("https://[fd00::1]:6443", "fd00::1", "6443"),
+        ("https://[fd00::1]", "fd00::1", "443"),
+    ],
+)
+def test_auto_reads_the_server_as_kubeadm_writes_it(
+    tmp_path: Path, server: str, host: str, port: str
+) -> None:
+    """What "auto" does with what its lookups find, offline: the chart's own helpers
+    in a scratch chart, given kubeadm's kubeconfig.conf and server URLs."""
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    helpers = CHART / "templates" / "_helpers.tpl"
+    (chart / "templates" / "_helpers.tpl").write_text(helpers.read_text())
+    (chart / "templates" / "probe.yaml").write_text(PROBE)
+    kubeconfig = ROOT / "tests" / "fixtures" / "kube-proxy" / "kubeadm-kubeconfig.conf"
+    done = helm(
+        "template",
+        "probe",
+        str(chart),
+        "--set-file",
+        f"kubeconfig={kubeconfig}",
+        "--set",
+        f"server={server}",
+    )
+    assert done.returncode == 0, done.stderr
+    data = yaml.safe_load(done.stdout)["data"]
+    assert data["server"] == "https://control-plane.example:6443"
+    assert yaml.safe_load(data["address"]) == {"host": host, "port": port}
+
+
 def test_shadow_mode_applies_nothing_and_keeps_kube_proxys_ports() -> None:
     objs = render("shadow.enabled=true")
     c = container(objs)

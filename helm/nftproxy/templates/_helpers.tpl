@@ -73,23 +73,42 @@ read at install time (helm's lookup; `helm template` cannot look up).
 {{- $server := "" -}}
 {{- $proxy := lookup "v1" "ConfigMap" "kube-system" "kube-proxy" -}}
 {{- if and $proxy (hasKey ($proxy.data | default dict) "kubeconfig.conf") -}}
-{{- $server = (index ((index $proxy.data "kubeconfig.conf") | fromYaml).clusters 0).cluster.server -}}
+{{- $server = include "nftproxy.serverOf" (index $proxy.data "kubeconfig.conf") -}}
 {{- end -}}
 {{- if not $server -}}
 {{- $info := lookup "v1" "ConfigMap" "kube-public" "cluster-info" -}}
 {{- if and $info (hasKey ($info.data | default dict) "kubeconfig") -}}
-{{- $server = (index ((index $info.data "kubeconfig") | fromYaml).clusters 0).cluster.server -}}
+{{- $server = include "nftproxy.serverOf" (index $info.data "kubeconfig") -}}
 {{- end -}}
 {{- end -}}
 {{- if not $server -}}
 {{- fail "k8sServiceHost=auto: neither kube-system/kube-proxy (kubeconfig.conf) nor kube-public/cluster-info was found (helm template cannot look them up); set k8sServiceHost and k8sServicePort to the API server's address" -}}
 {{- end -}}
-{{- $hostport := (urlParse $server).host -}}
-{{- $port = regexFind "[0-9]+$" $hostport | default "443" -}}
-{{- $host = trimSuffix (printf ":%s" $port) $hostport | trimPrefix "[" | trimSuffix "]" -}}
-{{- end -}}
-{{- if $host -}}
+{{- include "nftproxy.hostPort" $server -}}
+{{- else if $host -}}
 host: {{ $host | quote }}
 port: {{ $port | default "443" | quote }}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The server URL of a kubeconfig's first cluster (the text of kubeadm's kubeconfig.conf
+or cluster-info's kubeconfig), or nothing.
+*/}}
+{{- define "nftproxy.serverOf" -}}
+{{- $clusters := (fromYaml .).clusters | default list -}}
+{{- if $clusters -}}
+{{- (index $clusters 0).cluster.server | default "" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A server URL's host and port as YAML ({host, port}); 443 when the URL names none.
+*/}}
+{{- define "nftproxy.hostPort" -}}
+{{- $hostport := (urlParse .).host -}}
+{{- $port := regexFind ":[0-9]+$" $hostport | trimPrefix ":" -}}
+{{- $host := trimSuffix (printf ":%s" $port) $hostport | trimPrefix "[" | trimSuffix "]" -}}
+host: {{ $host | quote }}
+port: {{ $port | default "443" | quote }}
 {{- end -}}
