@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from nftproxy.k8s.manifests import Loaded, load_objects
@@ -122,3 +124,16 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def self_signed(folder: Path, address: str = "127.0.0.1") -> tuple[str, str]:
+    """A certificate for address (its own CA) and its key, made by openssl."""
+    cert, key = folder / "apiserver.crt", folder / "apiserver.key"
+    names = ["-subj", "/CN=kube-apiserver", "-addext", f"subjectAltName=IP:{address}"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *names, *files],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import itertools
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -246,6 +247,11 @@ class _Handler(BaseHTTPRequestHandler):
         line = f"GET {url.path}{'?watch' if _true(params.get('watch')) else ''}"
         api.requests.append(line)
         api.timed.append((time.monotonic(), line))
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if api.token is not None and (scheme.lower() != "bearer" or token != api.token):
+            api.unauthorized += 1
+            self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
         failing = api.take_failure()
         if failing:
             self._json(failing, _status(failing, "InternalError", "injected failure"))
@@ -411,8 +417,19 @@ class FakeAPIServer:
     """
 
     def __init__(
-        self, *, port: int = 0, history: int = 10_000, without: tuple[str, ...] = ("servicecidrs",)
+        self,
+        *,
+        port: int = 0,
+        history: int = 10_000,
+        without: tuple[str, ...] = ("servicecidrs",),
+        tls: tuple[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
+        self.tls = tls
+        """A certificate file and its key: serve HTTPS (as a real API server)."""
+        self.token = token
+        """The bearer token every request must carry (401 otherwise); None: any."""
+        self.unauthorized = 0
         self.store = Store(history)
         self.bookmark_every = 1.0
         self.generation = 0
@@ -436,7 +453,12 @@ class FakeAPIServer:
     @property
     def url(self) -> str:
         """The server's base URL."""
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (chosen at the first start when 0 was given)."""
+        return self._port
 
     def __enter__(self) -> FakeAPIServer:
         self.start()
@@ -449,6 +471,13 @@ class FakeAPIServer:
         """Listen (again, on the same port after :meth:`stop`)."""
         server = _Server(("127.0.0.1", self._port), self)
         self._port = server.server_address[1]
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            # The handshake in the handler's thread, not in the accepting one.
+            server.socket = context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="fake-apiserver", daemon=True
