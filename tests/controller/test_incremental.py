@@ -151,7 +151,7 @@ def replay(kernel: Kernel, history: list[list[Doc]]) -> Loop:
     """The loop syncs each step of history; after each, the kernel holds what a
     fresh full sync of that step would program, and so does the loop's memory."""
     loop = new_loop(kernel)
-    loop.need_full = True  # the kernel may hold a previous example's tables
+    loop.need_read = True  # the kernel may hold a previous example's tables
     for docs in history:
         deliver(loop.cache, docs)
         assert loop.sync_once()
@@ -198,7 +198,7 @@ def test_the_memory_kernel_always_holds_what_a_full_sync_would(history: list[lis
 def test_one_endpoint_change_is_planned_alone(kernel: Libnftables) -> None:
     """A slice change on a loaded node touches only that Service's elements."""
     loop = new_loop(kernel)
-    loop.need_full = True
+    loop.need_read = True
     docs: list[Doc] = []
     for i in range(20):
         docs += [
@@ -224,7 +224,7 @@ def test_a_clash_goes_the_full_way_and_back(kernel: Libnftables) -> None:
     """Two Services on one address and port: the full path decides who wins, as
     for manifests; once the clash ends, syncs are partial again."""
     loop = new_loop(kernel)
-    loop.need_full = True
+    loop.need_read = True
     a = [service("a", clusterIP="172.30.2.1"), slice_("a", endpoint("10.2.0.1"))]
     b = [service("b", clusterIP="172.30.2.2"), slice_("b", endpoint("10.2.0.2"))]
     deliver(loop.cache, a + b)

@@ -190,13 +190,17 @@ class FailingKernel(Libnftables):
     def __init__(self, netns: str) -> None:
         super().__init__(netns)
         self.refuse = False
+        self.refuse_next = 0
         self.applies = 0
+        self.batches: list[Batch] = []
         self.fail_reads = 0
         self.fail_generations = 0
 
     def apply(self, batch: Batch) -> None:
         self.applies += 1
-        if self.refuse:
+        self.batches.append(batch)
+        if self.refuse or self.refuse_next:
+            self.refuse_next = max(0, self.refuse_next - 1)
             raise NftError(ErrorKind.INVALID, "refused (test)")
         super().apply(batch)
 
@@ -260,6 +264,35 @@ def test_a_refused_ruleset_is_retried_with_growing_waits() -> None:
             assert proxy.loop.failures == kernel.applies
             kernel.refuse = False
             wait_for(lambda: in_kernel(lab, "172.30.0.10 . tcp . 80"), timeout=40)
+
+
+@pytest.mark.kernel
+def test_after_a_failure_the_kernel_is_read_and_after_two_the_tables_replaced() -> None:
+    """One refused sync: the next plans against a fresh read of the kernel (a small
+    transaction, not a whole load). Two in a row: the third replaces the tables
+    whole, as a staged load (bounded memory for nft)."""
+    with Lab("refused2") as lab, FakeAPIServer() as api:
+        api.apply(service("web", clusterIP="172.30.0.10"))
+        api.apply(slice_("web", endpoint("10.1.0.1")))
+        kernel = FailingKernel(lab.node)
+        with running_loop(kernel, api, lab) as proxy:
+            wait_for(lambda: in_kernel(lab, "172.30.0.10 . tcp . 80"))
+            in_ns(lab.node, "nft", "add", "chain", "ip", "nftproxy", "foreign")
+            kernel.refuse_next, kernel.batches = 1, []
+            api.apply(service("db", clusterIP="172.30.0.20"))
+            api.apply(slice_("db", endpoint("10.1.0.2")))
+            wait_for(lambda: in_kernel(lab, "172.30.0.20 . tcp . 80"), timeout=20)
+            refused, planned = kernel.batches[0], kernel.batches[-1]
+            assert refused.load is None and planned.load is None
+            assert "foreign" not in in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
+            kernel.refuse_next, kernel.batches = 2, []
+            api.apply(service("cache", clusterIP="172.30.0.30"))
+            api.apply(slice_("cache", endpoint("10.1.0.3")))
+            wait_for(lambda: in_kernel(lab, "172.30.0.30 . tcp . 80"), timeout=20)
+            assert [b.load is not None for b in kernel.batches] == [False, False, True]
+            assert kernel.batches[-1].staged
+            assert in_kernel(lab, "172.30.0.10 . tcp . 80")
+            assert proxy.loop.failed_in_row == 0
 
 
 @pytest.mark.kernel

@@ -788,6 +788,33 @@ def test_a_fresh_load_goes_in_stages_behind_a_dormant_table(
 
 
 @pytest.mark.kernel
+def test_a_staged_replace_goes_behind_a_dormant_table_when_large(
+    lab: tuple[Lab, Libnftables],
+) -> None:
+    """A staged replace over our tables: more elements than a stage holds go in
+    stages, the first replacing the tables with dormant ones (what was there is
+    gone: a foreign chain in our table); fewer go as one script, never dormant."""
+    lab_, _ = lab
+    kernel = _Staged(lab_.node)
+    sync(kernel, ruleset(*web(EPS[0])))
+    in_ns(lab_.node, "nft", "add", "chain", "ip", "nftproxy", "foreign")
+    kernel.dormant.clear()
+    kernel.stage_elements = 1_000  # more than the ruleset holds
+    replace(kernel, ruleset(*web(EPS[1])), staged=True)
+    assert kernel.dormant == [False]
+    kernel.stage_elements = 4
+    in_ns(lab_.node, "nft", "add", "chain", "ip", "nftproxy", "foreign")
+    kernel.dormant.clear()
+    large = ruleset(*web(*EPS, sessionAffinity="ClientIP"), *web(*EPS)[1:])
+    result = replace(kernel, large, staged=True)
+    assert result.full and len(kernel.dormant) > 3
+    assert kernel.dormant[:-1] == [True] * (len(kernel.dormant) - 1)
+    assert kernel.dormant[-1] is False
+    assert in_sync(kernel, large)
+    assert len(reached(lab_, CLIENT, "172.30.0.10", 80)) == 1  # sticky
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("kind", ["script", "netlink"])
 def test_a_failed_stage_is_repaired_by_a_whole_load(
     lab: tuple[Lab, Libnftables], kind: str

@@ -6,7 +6,9 @@ what was last applied (kept in memory: the kernel is not read back) and applies
 the difference as one transaction. When is the runner's to say
 (:mod:`~nftproxy.controller.runner`): at most one sync per ``min_sync``, one every
 ``sync_period`` even without changes, a drift check every ``drift_period``; after
-a failure the next sync replaces the tables whole. After each successful sync the
+a failure the next sync reads the kernel and plans against what it holds, and
+after a second one in a row the tables are replaced whole (a large ruleset in
+stages, so that nft's memory stays bounded). After each successful sync the
 after-sync steps (:mod:`~nftproxy.sync.after`: stale conntrack flows, affinity),
 then the observer (:mod:`~nftproxy.controller.observe`: healthCheckNodePort
 servers, healthz, metrics, the log line).
@@ -125,10 +127,13 @@ class Loop:
         self._checks = 0
         self.stopping = False
         """Set by a signal handler: end after the sync in flight (no lock involved)."""
-        self.need_full = False
+        self.need_read = False
+        """Plan the next sync against a fresh read of the kernel (after a failure)."""
         self.repair = False
         self.syncs = 0
         self.failures = 0
+        self.failed_in_row = 0
+        """Failed syncs since the last one that landed."""
         self.last_result: SyncResult | None = None
         self.last_partial = False
         """Whether the last sync planned only what changed."""
@@ -159,7 +164,7 @@ class Loop:
             self.timing.min_sync, self.timing.sync_period, self.timing.drift_period, self.clock
         )
         while not stop.is_set() and not self.stopping:
-            wanted = self.cache.pending() or self.need_full or self.repair
+            wanted = self.cache.pending() or self.need_read or self.repair
             # The index, not `applied`: that assembles the whole table (80 ms at
             # 10,000 Services), and this runs on every wake.
             step, wait = runner.decide(wanted=wanted, can_check=self.index is not None)
@@ -189,7 +194,7 @@ class Loop:
     def sync_once(self) -> bool:
         """One sync of what changed (or of everything); False when it failed (the
         kernel refused it, or anything else went wrong: logged, counted, and the
-        next sync replaces the tables whole)."""
+        next sync plans against a fresh read of the kernel)."""
         self.wake.clear()
         first, self._first_change = self._first_change, None
         try:
@@ -199,7 +204,7 @@ class Loop:
             return False
 
     def _sync(self, first: float | None) -> bool:
-        if self.index is None or self.need_full or self.repair or self.clashes:
+        if self.index is None or self.need_read or self.repair or self.clashes:
             snap, changes = self.cache.take()
             return self._sync_all(snap, changes, first)
         snap, changes = self.cache.take_changed()
@@ -217,7 +222,7 @@ class Loop:
         state = compute_state(snap.objects, node)
         if self.repair and self._read is not None:
             current = self._read  # what the drift check read
-        elif self.index is not None:
+        elif self.index is not None and not self.need_read:
             current = desired_tables(self._ruleset(self.index))  # what was applied
         else:
             current = read_tables(self.kernel)
@@ -227,8 +232,8 @@ class Loop:
         }
         ruleset = self._ruleset(index)
         try:
-            if self.need_full:
-                result = replace(self.kernel, ruleset, current=current, dry_run=self.dry_run)
+            if self.need_read and self.failed_in_row > 1:
+                result = self._replace(ruleset, current)
             else:
                 result = update(self.kernel, ruleset, current, dry_run=self.dry_run)
         except NftError as err:
@@ -239,6 +244,14 @@ class Loop:
         self.observer.forget()
         self._done(Done(snap, state, ruleset, result, changes, first, partial=False))
         return True
+
+    def _replace(self, ruleset: Ruleset, current: dict[Family, Table | None]) -> SyncResult:
+        """Failed again, even planned against a fresh read: replace the tables
+        whole; a large ruleset in stages, as a fresh load, so that nft's memory
+        stays bounded (one script at 5,000 x 50 needs ~1 GB), at the price of our
+        traffic stopping until the last stage."""
+        self._log.warning("replacing the tables whole", failed_in_row=self.failed_in_row)
+        return replace(self.kernel, ruleset, current=current, dry_run=self.dry_run, staged=True)
 
     def _sync_changed(
         self, snap: Snapshot, changes: Changes, node: NodeConfig, first: float | None
@@ -296,7 +309,10 @@ class Loop:
 
     def _failed(self, err: Exception, first: float | None) -> None:
         self.failures += 1
-        self.need_full = True  # the next one replaces the tables whole
+        self.failed_in_row += 1
+        # The next sync reads the kernel and plans against it (what was applied is
+        # not trusted); if that fails too, the one after replaces the tables whole.
+        self.need_read = True
         if first is not None and self._first_change is None:
             self._first_change = first
         self.observer.failed(err)
@@ -304,7 +320,8 @@ class Loop:
     def _done(self, done: Done) -> None:
         if not self.dry_run:
             self._generation = self.kernel.generation()
-        self.need_full = self.repair = False
+        self.need_read = self.repair = False
+        self.failed_in_row = 0
         self.syncs += 1
         self.last_result = done.result
         self.last_partial = done.partial

@@ -98,7 +98,7 @@ class Observer:
         if not isinstance(err, NftError):
             self.metrics.loop_errors.labels(step="sync").inc()
         self._log.error(
-            "sync failed; the next sync replaces the tables whole",
+            "sync failed; the next sync plans against a fresh read of the kernel",
             kind=type(err).__name__,
             error=str(err)[:500],
         )

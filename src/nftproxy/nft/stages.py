@@ -6,7 +6,9 @@ at most ``per_stage`` a transaction; then one transaction wakes the tables, so
 traffic still sees one switch. nft's memory is bounded that way (5,000 Services x
 50 endpoints in one script: 960 MB, in stages of 25,000 elements: 150 MB), and
 the elements of sets :func:`nftproxy.nft.write.writable` accepts skip nft's
-parser: they go over netlink. Any other batch is one script.
+parser: they go over netlink. A ``Batch.staged`` load of more elements than one
+stage goes the same way, its first stage replacing our tables with dormant ones.
+Any other batch is one script.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from nftproxy.nft.model import Set, Table
+from nftproxy.nft.model import Ruleset, Set, Table
 from nftproxy.nft.render import render_batch, render_script, render_transaction
 from nftproxy.nft.transaction import AddElements, Batch, Transaction, WakeTable
 from nftproxy.nft.write import requests, writable
@@ -46,14 +48,15 @@ Stage = str | ElementStage
 
 def load_stages(batch: Batch, per_stage: int = STAGE_ELEMENTS) -> list[Stage]:
     """A batch as the stages to run one after another (see the module's text)."""
-    if batch.load is None or not batch.fresh:
+    load = batch.load
+    if load is None or not (batch.fresh or (batch.staged and _big(load, per_stage))):
         return [render_batch(batch)]
-    tables = batch.load.tables
+    tables = load.tables
     empty = tuple(
         dataclasses.replace(t, dormant=True, sets=tuple(_without_elements(st) for st in t.sets))
         for t in tables
     )
-    structure = render_script(dataclasses.replace(batch.load, tables=empty), batch.table)
+    structure = render_script(dataclasses.replace(load, tables=empty), batch.table)
     wake = [Transaction(t.family, batch.table, (WakeTable(),)) for t in tables]
     woken = "".join(map(render_transaction, [*wake, *batch.after]))
     by_nft = _element_stages(tables, batch.table, per_stage, lambda st: not writable(st))
@@ -64,6 +67,11 @@ def load_stages(batch: Batch, per_stage: int = STAGE_ELEMENTS) -> list[Stage]:
         *(ElementStage(tuple(stage)) for stage in by_netlink),
         woken,
     ]
+
+
+def _big(ruleset: Ruleset, per_stage: int) -> bool:
+    """More elements than one stage holds."""
+    return sum(len(s.elements) for t in ruleset.tables for s in t.sets) > per_stage
 
 
 def _without_elements(s: Set) -> Set:

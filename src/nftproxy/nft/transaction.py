@@ -133,3 +133,7 @@ class Batch:
     fresh: bool = False
     """The kernel holds none of our tables: a load may go in stages (the tables
     dormant until the last one), see :mod:`nftproxy.nft.stages`."""
+    staged: bool = False
+    """A load may go in stages even though our tables are there: the first stage
+    replaces them with dormant ones, so their traffic stops until the last (a
+    repeated failure's whole load, where one script would need nft's ~1 GB)."""

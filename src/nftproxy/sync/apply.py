@@ -261,10 +261,20 @@ def replace(
     current: Current | None = None,
     dry_run: bool = False,
     table: str = names.TABLE,
+    staged: bool = False,
 ) -> SyncResult:
-    """Make the kernel hold ruleset by replacing our tables whole (after a failure:
-    nothing of what was there is trusted)."""
-    return _sync(kernel, ruleset, full=True, read_already=current, dry_run=dry_run, table=table)
+    """Make the kernel hold ruleset by replacing our tables whole (nothing of what
+    was there is trusted). ``staged``: a large ruleset goes in stages, as into an
+    empty kernel, with our traffic stopped until the last (``Batch.staged``)."""
+    return _sync(
+        kernel,
+        ruleset,
+        full=True,
+        read_already=current,
+        dry_run=dry_run,
+        table=table,
+        staged=staged,
+    )
 
 
 def preview(kernel: Kernel, ruleset: Ruleset, *, current: Current | None = None) -> SyncResult:
@@ -343,6 +353,7 @@ def _sync(
     read_already: Current | None = None,
     planned: tuple[Transaction, ...] | None = None,
     aligned_already: bool = False,
+    staged: bool = False,
 ) -> SyncResult:
     """Every sync, by its switches; callers use the named operations above.
 
@@ -374,7 +385,7 @@ def _sync(
     )
     fresh = all(t is None for t in current.values())
     full = full or fresh  # nothing there: load it whole
-    batch = Batch(table, txs, ruleset if full else None, stamps, fresh=fresh)
+    batch = Batch(table, txs, ruleset if full else None, stamps, fresh=fresh, staged=staged)
     if not dry_run and (txs or full or not trusted):
         kernel.apply(batch)
         if checkpoint is not None:
