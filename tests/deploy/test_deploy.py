@@ -85,6 +85,7 @@ VALUE_SETS = {
         "config.detectLocal.interfaceNamePrefix=veth",
     ),
     "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
+    "unprivileged": ("privileged=false", "loadModules=true"),
 }
 
 
@@ -117,6 +118,30 @@ def test_the_daemonset_runs_where_kube_proxy_runs() -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["xtables-lock"]["hostPath"]["type"] == "FileOrCreate"
     assert "--dry-run" not in c["args"]
+
+
+def test_unprivileged_the_proxy_has_net_admin_only_and_an_init_container_the_sysctls() -> None:
+    """privileged=false: the proxy container drops all but NET_ADMIN (and SYS_MODULE
+    when asked), read-only root, RuntimeDefault seccomp; a privileged init
+    container runs the same command with --init-only (none in shadow mode)."""
+    objs = render("privileged=false", "loadModules=true")
+    spec = objs["DaemonSet"]["spec"]["template"]["spec"]
+    c = container(objs)
+    assert c["securityContext"] == {
+        "runAsUser": 0,
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_MODULE"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (init,) = spec["initContainers"]
+    assert init["securityContext"]["privileged"] is True
+    assert init["args"] == [*c["args"], "--init-only"]
+    assert init["env"] == c["env"] and init["image"] == c["image"]
+    assert "initContainers" not in render()["DaemonSet"]["spec"]["template"]["spec"]
+    shadow = render("privileged=false", "shadow.enabled=true")["DaemonSet"]["spec"]["template"]
+    assert "initContainers" not in shadow["spec"]
 
 
 def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -295,12 +320,13 @@ def test_the_image_installs_with_the_script_ci_runs() -> None:
 
 @pytest.mark.kernel  # as root: the script may call apt-get
 def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
-    """What the Dockerfile runs, into a fresh venv: the package (not editable, no
-    dev tools, its hot modules compiled) with the libnftables binding, and a `run`
-    that takes the chart's config."""
+    """What the Dockerfile's builder runs, into a fresh venv: the package (not
+    editable, no dev tools, its hot modules compiled) and the locked dependencies,
+    with the libnftables binding; no pip, no kubernetes.aio; and a `run` that
+    takes the chart's config."""
     venv = tmp_path / "venv"
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install.sh"), str(venv)],
+        ["bash", str(ROOT / "scripts" / "install.sh"), str(venv), "--image"],
         capture_output=True,
         text=True,
         check=False,
@@ -315,6 +341,10 @@ def test_the_install_script_makes_a_working_image_venv(tmp_path: Path) -> None:
     probe = [str(venv / "bin" / "python"), "-c", "import nftables, pytest"]
     done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert "No module named 'pytest'" in done.stderr  # nftables imports; no dev tools
+    for gone in ("pip", "setuptools", "kubernetes.aio", "aiohttp"):
+        probe = [str(venv / "bin" / "python"), "-c", f"import {gone}"]
+        done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=tmp_path)
+        assert "No module named" in done.stderr, gone
     where = [
         str(venv / "bin" / "python"),
         "-c",

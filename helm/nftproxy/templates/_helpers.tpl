@@ -112,3 +112,55 @@ A server URL's host and port as YAML ({host, port}); 443 when the URL names none
 host: {{ $host | quote }}
 port: {{ $port | default "443" | quote }}
 {{- end -}}
+
+{{/*
+The arguments of `nftproxy run` both containers share (the init container adds
+--init-only): the config file, the node's name, the chart's own settings.
+*/}}
+{{- define "nftproxy.runArgs" -}}
+{{- if .Values.logJSON -}}
+- --log-json
+{{ end -}}
+- run
+- --config=/etc/nftproxy/config.yaml
+- --hostname-override=$(NODE_NAME)
+- --drift-check-period={{ .Values.driftCheckPeriod }}
+{{- if .Values.configFile }}
+{{- /* kubeadm's file as it is: the chart's addresses and hostPorts as flags, which win */}}
+- --healthz-bind-address={{ include "nftproxy.healthzBind" . }}
+- --metrics-bind-address={{ include "nftproxy.metricsBind" . }}
+- --host-ports={{ .Values.hostPorts }}
+{{- end }}
+{{- if .Values.serviceCIDR }}
+- --service-cidr={{ .Values.serviceCIDR }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Both containers' environment: the node's name, and the API server's own address
+(the kubernetes Service's ClusterIP exists only once this proxy has programmed it).
+*/}}
+{{- define "nftproxy.env" -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- with include "nftproxy.apiServer" . }}
+{{- $address := . | fromYaml }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ $address.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $address.port | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The capabilities the proxy container adds: NET_ADMIN, and SYS_MODULE when nft may
+load kernel modules.
+*/}}
+{{- define "nftproxy.capabilities" -}}
+- NET_ADMIN
+{{- if .Values.loadModules }}
+- SYS_MODULE
+{{- end }}
+{{- end -}}

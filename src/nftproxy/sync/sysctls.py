@@ -41,15 +41,17 @@ def wanted(settings: Settings) -> dict[str, int]:
 
 
 def apply(values: dict[str, int], netns: str | None = None) -> list[str]:
-    """Write the sysctls (inside netns); returns what could not be written, each
-    logged (a read-only table size in a network namespace is expected)."""
+    """Write the sysctls that differ (inside netns), as kube-proxy does; returns what
+    could not be written, each logged (a read-only table size in a network
+    namespace is expected, and a read-only /proc/sys in an unprivileged container)."""
     failed = []
     with in_netns(netns):
         for name, value in values.items():
             path = ROOT / name
             try:
-                if name == "nf_conntrack_max" and int(path.read_text()) >= value:
-                    continue  # kube-proxy never lowers it
+                now = int(path.read_text())
+                if now == value or (name == "nf_conntrack_max" and now >= value):
+                    continue  # set already (by an init container); the table is never lowered
                 path.write_text(f"{value}\n")
             except OSError as err:
                 failed.append(name)
