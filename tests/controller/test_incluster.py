@@ -88,3 +88,59 @@ def test_in_cluster_it_reaches_the_api_by_its_real_address(tmp_path: Path) -> No
             proc.wait(timeout=10)
         assert proc.returncode == 0, log.read_text()[-2000:]
     assert not ACCOUNT.exists() or not any(ACCOUNT.iterdir())  # the host's is untouched
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    server: {server}
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+users:
+- name: default
+  user:
+    tokenFile: account/token
+"""
+
+
+@pytest.mark.kernel
+def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
+    """kubeadm's kubeconfig names the account's token by tokenFile (here relative to
+    the kubeconfig, as client-go reads it). kubelet swaps the file; the old token is
+    refused from then on: the next requests carry the new one."""
+    account = tmp_path / "account"
+    account.mkdir()
+    (account / "token").write_text("first")
+    api = FakeAPIServer(token="first")
+    api.apply(service("web", clusterIP="172.30.0.10"))
+    api.apply(slice_("web", endpoint("10.1.0.1")))
+    with api, Lab("rotate") as lab:
+        kubeconfig = tmp_path / "kubeconfig.conf"
+        kubeconfig.write_text(KUBECONFIG.format(server=api.url))
+        cmd = [sys.executable, "-m", "nftproxy.cli", "run", f"--kubeconfig={kubeconfig}"]
+        cmd += [f"--netns={lab.node}", "--hostname-override=node-a", "--node-ip=192.168.0.2"]
+        cmd += ["--min-sync-period=0", "--healthz-bind-address=", "--metrics-bind-address="]
+        log = tmp_path / "proxy.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, stderr=out, stdout=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: "172.30.0.10 . tcp . 80" in in_kernel(lab), timeout=30)
+            rotated = account / "token.new"
+            rotated.write_text("second")
+            rotated.rename(account / "token")  # atomically, as kubelet swaps it
+            api.token = "second"
+            api.drop_watches()  # every watch comes back, with whatever token it has
+            api.apply(service("db", clusterIP="172.30.0.20"))
+            api.apply(slice_("db", endpoint("10.1.0.2")))
+            wait_for(lambda: "172.30.0.20 . tcp . 80" in in_kernel(lab), timeout=30)
+            assert api.unauthorized == 0, log.read_text()[-2000:]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        assert proc.returncode == 0, log.read_text()[-2000:]

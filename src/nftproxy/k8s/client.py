@@ -12,6 +12,7 @@ from typing import Any
 from kubernetes import client, config
 
 from nftproxy.k8s.reflector import Watched
+from nftproxy.k8s.tokenfile import follow_token_file
 
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 
@@ -22,6 +23,7 @@ def api_client(*, master: str | None, kubeconfig: str | None) -> Any:
     cfg = client.Configuration()
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        follow_token_file(cfg, kubeconfig)  # kubelet rotates it; the client reads it once
     elif not master:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     if master:
