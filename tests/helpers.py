@@ -137,3 +137,60 @@ def self_signed(folder: Path, address: str = "127.0.0.1") -> tuple[str, str]:
         capture_output=True,
     )
     return str(cert), str(key)
+
+
+# kubelet's iptables chains (never removed) and kube-proxy's (removed by
+# `cleanup --kube-proxy` and by `run` taking a node over), for iptables-restore.
+KUBELET_RULES = """*filter
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A OUTPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -j DROP
+COMMIT
+*mangle
+:KUBE-IPTABLES-HINT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+COMMIT
+*nat
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-MARK-DROP - [0:0]
+COMMIT
+"""
+KUBE_PROXY_RULES = """*filter
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+:KUBE-CUSTOM - [0:0]
+-A INPUT -m conntrack --ctstate NEW -j KUBE-PROXY-FIREWALL
+-A INPUT -j KUBE-NODEPORTS
+-A INPUT -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES
+-A FORWARD -j KUBE-FORWARD
+-A FORWARD -m conntrack --ctstate NEW -j KUBE-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -j KUBE-SERVICES
+-A INPUT -j KUBE-CUSTOM
+COMMIT
+*mangle
+:KUBE-PROXY-CANARY - [0:0]
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-EXT-ABCDEFGHIJKLMNOP - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A POSTROUTING -j KUBE-POSTROUTING
+-A KUBE-SERVICES -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -j KUBE-SEP-ABCDEFGHIJKLMNOP
+-A KUBE-SEP-ABCDEFGHIJKLMNOP -j KUBE-MARK-MASQ
+COMMIT
+"""
+KUBE_PROXY_CHAIN_COUNT = 6 + 1 + 7  # filter, mangle, nat
+BACKENDS = ("iptables-legacy", "ip6tables-legacy", "iptables-nft", "ip6tables-nft")

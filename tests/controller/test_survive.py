@@ -22,7 +22,15 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import endpoint, free_port, service, slice_, wait_for
+from helpers import (
+    KUBE_PROXY_RULES,
+    KUBELET_RULES,
+    endpoint,
+    free_port,
+    service,
+    slice_,
+    wait_for,
+)
 
 from nftproxy.controller.proxy import start_proxy
 from nftproxy.controller.serve import http
@@ -128,6 +136,39 @@ def test_it_starts_without_the_api_server_and_syncs_when_it_comes() -> None:
         finally:
             api.stop()
         assert not [line for line in lines if "Traceback" in line]
+
+
+def _iptables(lab: Lab) -> str:
+    return "".join(in_ns(lab.node, f"{tool}-save") for tool in ("iptables-nft", "iptables-legacy"))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bool) -> None:
+    """kube-proxy's rules on the node (iptables, both backends; its nftables table):
+    found at start, removed once the first sync has committed; kubelet's chains
+    stay. In shadow mode (--dry-run beside kube-proxy) nothing is removed."""
+    port = free_port()
+    with Lab("takeover") as lab, FakeAPIServer() as api:
+        api.apply(service("web", clusterIP="172.30.0.10"))
+        api.apply(slice_("web", endpoint("10.1.0.1")))
+        for tool in ("iptables-nft", "iptables-legacy"):
+            in_ns(lab.node, f"{tool}-restore", "--noflush", stdin=KUBELET_RULES + KUBE_PROXY_RULES)
+        in_ns(lab.node, "nft", "add", "table", "ip", "kube-proxy")
+        extra = [f"--healthz-bind-address=127.0.0.1:{port}", *(["--dry-run"] if dry_run else [])]
+        with proxy_process(api, lab, *extra) as (proc, lines):
+            wait_for(lambda: any('"synced"' in line for line in lines), timeout=30)
+            if not dry_run:
+                assert in_kernel(lab, "172.30.0.10 . tcp . 80")
+                wait_for(lambda: any("kube-proxy's rules removed" in line for line in lines))
+            else:
+                time.sleep(1)
+            saved = _iptables(lab)
+            assert proc.poll() is None, "".join(lines[-20:])
+        assert ("KUBE-SVC-" in saved) is dry_run and ("KUBE-MARK-MASQ" in saved) is dry_run
+        assert saved.count(":KUBE-FIREWALL") == 2 and saved.count(":KUBE-KUBELET-CANARY") == 6
+        tables = in_ns(lab.node, "nft", "list", "tables")
+        assert ("table ip kube-proxy" in tables) is dry_run
 
 
 @pytest.mark.kernel

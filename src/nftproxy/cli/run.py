@@ -23,7 +23,7 @@ from nftproxy.controller.proxy import Proxy, start_proxy
 from nftproxy.nft.kernel import Libnftables
 from nftproxy.settings import Settings, kubeproxy
 from nftproxy.sync import sysctls
-from nftproxy.sync.cleanup import cleanup
+from nftproxy.sync.cleanup import TakeOver, cleanup
 from nftproxy.sync.features import missing_features
 
 DEBUG_VERBOSITY = 4
@@ -58,13 +58,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         for feature, error in missing:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
-    proxy = start_proxy(settings, kernel, dry_run=is_on(args, "dry_run"), netns=args.netns)
+    dry_run = is_on(args, "dry_run")
+    take_over = None if dry_run else TakeOver(kernel, args.netns)
+    proxy = start_proxy(settings, kernel, dry_run=dry_run, netns=args.netns)
     received = _on_signals(proxy)
+
+    def after_first() -> None:
+        gc.freeze()  # what the first full load leaves is never garbage
+        if take_over is not None:
+            take_over.after_first_sync()
+
     log.logger().info(
         "started", node=proxy.loop.base.name, healthz=proxy.healthz_port, metrics=proxy.metrics_port
     )
     try:
-        proxy.loop.run(proxy.stop, proxy.ready, after_first=gc.freeze)
+        proxy.loop.run(proxy.stop, proxy.ready, after_first=after_first)
     finally:
         proxy.close()
     log.logger().info("stopped; the rules stay in the kernel", signal=",".join(received) or None)

@@ -18,8 +18,11 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+from nftproxy import log
 from nftproxy.nft.kernel import Kernel, in_netns
 from nftproxy.nft.model import Family
+from nftproxy.nft.render import render_transaction
+from nftproxy.nft.transaction import DeleteTable, Transaction
 from nftproxy.ruleset import names
 
 KUBE_PROXY_TABLE = "kube-proxy"
@@ -87,7 +90,7 @@ def delete_tables(kernel: Kernel, table: str, *, dry_run: bool = False) -> list[
     for family in Family:
         if table in kernel.tables(family):
             if not dry_run:
-                kernel.run(f"delete table {family.value} {table}\n")
+                kernel.run(render_transaction(Transaction(family, table, (DeleteTable(),))))
             gone.append(f"table {family.value} {table}")
     return gone
 
@@ -214,8 +217,51 @@ def cleanup(
     for table in sorted(traces):  # tables of traces that were killed (nftproxy.diagnose.trace)
         gone += delete_tables(kernel, table, dry_run=dry_run)
     if kube_proxy:
-        gone += delete_tables(kernel, KUBE_PROXY_TABLE, dry_run=dry_run)
-        gone += delete_kube_proxy_iptables(netns, dry_run=dry_run)
-        gone += delete_kube_proxy_ipvs(netns, dry_run=dry_run)
-        gone += delete_kube_proxy_ipsets(netns, dry_run=dry_run)
+        gone += delete_kube_proxy(kernel, netns, dry_run=dry_run)
     return gone
+
+
+def delete_kube_proxy(kernel: Kernel, netns: str | None, *, dry_run: bool = False) -> list[str]:
+    """Remove kube-proxy's leftovers, as its own ``--cleanup`` does (see the module's
+    text); with ``dry_run`` only say what is there."""
+    gone = delete_tables(kernel, KUBE_PROXY_TABLE, dry_run=dry_run)
+    gone += delete_kube_proxy_iptables(netns, dry_run=dry_run)
+    gone += delete_kube_proxy_ipvs(netns, dry_run=dry_run)
+    gone += delete_kube_proxy_ipsets(netns, dry_run=dry_run)
+    return gone
+
+
+class TakeOver:
+    """kube-proxy's rules on a node nftproxy takes over in place (kube-proxy's own
+    DaemonSet running nftproxy's image): found at start, removed once the first sync
+    has committed, so that no Service goes unserved in between, exactly as
+    :func:`delete_kube_proxy` removes them (kubelet's chains stay). A failure is
+    logged, never fatal: the rules of both then apply side by side."""
+
+    def __init__(self, kernel: Kernel, netns: str | None) -> None:
+        self.kernel = kernel
+        self.netns = netns
+        self._log = log.logger()
+        self.found = self._look()
+
+    def _look(self) -> list[str]:
+        try:
+            found = delete_kube_proxy(self.kernel, self.netns, dry_run=True)
+        except Exception as err:
+            self._log.warning("could not look for kube-proxy's rules", error=repr(err)[:300])
+            return []
+        if found:
+            self._log.info("kube-proxy's rules found; removed after the first sync", found=found)
+        return found
+
+    def after_first_sync(self) -> list[str]:
+        """Remove what was found (and whatever of kube-proxy's is there now)."""
+        if not self.found:
+            return []
+        try:
+            gone = delete_kube_proxy(self.kernel, self.netns)
+        except Exception as err:
+            self._log.error("kube-proxy's rules not removed", error=repr(err)[:300])
+            return []
+        self._log.info("kube-proxy's rules removed: nftproxy serves this node", removed=gone)
+        return gone
