@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import endpoint, free_port, service, slice_, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from nftproxy.controller.proxy import Proxy, start_proxy
 from nftproxy.lab.apiserver import FakeAPIServer
@@ -262,6 +263,56 @@ def test_health_servers_and_metrics(running: Running) -> None:
     ):
         assert name in text, name
     assert 'kubeproxy_proxy_healthz_total{code="200"}' in text
+
+
+DASHBOARD_SERIES = (
+    "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+    "kubeproxy_sync_proxy_rules_duration_seconds_count",
+    "kubeproxy_network_programming_duration_seconds_bucket",
+    "kubeproxy_network_programming_duration_seconds_count",
+    "rest_client_requests_total",
+    "rest_client_request_duration_seconds_bucket",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_start_time_seconds",
+)
+"""What kubernetes-mixin's "Kubernetes / Proxy" dashboard and Metricbeat read."""
+
+
+@pytest.mark.kernel
+def test_metrics_look_like_kube_proxys(running: Running) -> None:
+    """After one sync and one change, /metrics parses and holds every series the
+    kube-proxy dashboards read, with client-go's labels, and no *_created series;
+    an answer of 503 from the API server is counted under its code."""
+    r = running
+    wait_for(lambda: r.proxy.loop.syncs >= 1)
+    r.api.apply(_slice(ENDPOINTS[0], ENDPOINTS[1]))
+    wait_for(lambda: r.proxy.loop.syncs >= 2)
+    r.api.fail_next(1, code=503)
+    r.api.drop_watches()  # the watches come back, and the first request meets the 503
+    assert r.proxy.metrics_port is not None
+    host = r.api.url.removeprefix("http://")
+
+    def counted(code: str) -> float:
+        labels = {"code": code, "method": "GET", "host": host}
+        got = r.proxy.metrics.registry.get_sample_value("rest_client_requests_total", labels)
+        return float(got or 0.0)
+
+    wait_for(lambda: counted("503") == 1)
+    text = r.get(r.proxy.metrics_port, "/metrics")[2].decode()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    names = {s.name for s in samples}
+    for series in DASHBOARD_SERIES:
+        assert series in names, series
+    assert not [n for n in names if n.endswith("_created")]
+    requests = [s for s in samples if s.name == "rest_client_requests_total"]
+    assert {s.labels["code"] for s in requests} >= {"200", "503"}
+    assert all(s.labels["method"] == "GET" for s in requests)
+    urls = {s.labels["url"] for s in samples if s.name.startswith("rest_client_request_duration")}
+    assert f"{r.api.url}/api/v1/services" in urls  # no query string
+    assert "rest_client_response_size_bytes_bucket" in names
+    assert counted("200") >= 5  # a list and a watch of each resource at least
 
 
 @pytest.mark.kernel

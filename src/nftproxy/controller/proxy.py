@@ -21,6 +21,7 @@ from nftproxy.controller.serve.metrics import Metrics
 from nftproxy.k8s.cache import Cache
 from nftproxy.k8s.client import RateLimiter, api_client, watched
 from nftproxy.k8s.reflector import Reflector
+from nftproxy.k8s.restmetrics import instrument
 from nftproxy.nft.kernel import Kernel
 from nftproxy.settings import Settings
 from nftproxy.settings.node import ConfigError, node_config
@@ -97,6 +98,7 @@ def build_proxy(
     )
     loop.cache.on_change = loop.changed
     api = api_client(master=settings.master, kubeconfig=settings.kubeconfig)
+    instrument(api, metrics.rest)
     limiter = RateLimiter(settings.qps, settings.burst)
     what = watched(
         api,

@@ -3,7 +3,17 @@ under ``nftproxy_``. One registry per proxy (tests run several in one process)."
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from nftproxy.k8s.restmetrics import RestMetrics
 
 # kube-proxy's buckets for sync durations (exponential from 1 ms).
 SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))
@@ -18,7 +28,11 @@ class Metrics:
     """Every metric the proxy exports."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call] # kube-proxy has no *_created
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_*: memory, CPU, fds, start time
+        self.rest = RestMetrics(r)
+        """client-go's rest_client_* series (the API client's transport)."""
         self.sync_duration = Histogram(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
