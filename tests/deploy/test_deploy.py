@@ -86,6 +86,7 @@ VALUE_SETS = {
     ),
     "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
     "unprivileged": ("privileged=false", "loadModules=true"),
+    "kube-proxy compatible": ("kubeProxyCompat=true", "serviceMonitor.enabled=true"),
 }
 
 
@@ -142,6 +143,23 @@ def test_unprivileged_the_proxy_has_net_admin_only_and_an_init_container_the_sys
     assert "initContainers" not in render()["DaemonSet"]["spec"]["template"]["spec"]
     shadow = render("privileged=false", "shadow.enabled=true")["DaemonSet"]["spec"]["template"]
     assert "initContainers" not in shadow["spec"]
+
+
+def test_kube_proxy_compat_looks_like_kube_proxy_to_its_monitors() -> None:
+    """kubeProxyCompat: the pods carry k8s-app: kube-proxy (the selector does not
+    change) and /metrics listens on the node's address, port 10249; not with shadow."""
+    objs = render("kubeProxyCompat=true")
+    ds = objs["DaemonSet"]
+    assert ds["spec"]["template"]["metadata"]["labels"]["k8s-app"] == "kube-proxy"
+    assert "k8s-app" not in ds["spec"]["selector"]["matchLabels"]
+    c = container(objs)
+    assert "--metrics-bind-address=$(NODE_IP):10249" in c["args"]
+    node_ip = next(e for e in c["env"] if e["name"] == "NODE_IP")
+    assert node_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert {"name": "metrics", "containerPort": 10249, "protocol": "TCP"} in c["ports"]
+    assert "k8s-app" not in render()["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
+    both = helm("template", "x", str(CHART), "--set", "kubeProxyCompat=true,shadow.enabled=true")
+    assert both.returncode != 0 and "cannot shadow it" in both.stderr
 
 
 def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -281,6 +299,7 @@ def test_run_accepts_the_config_and_the_args(
     cfg = tmp_path / "config.yaml"
     cfg.write_text(objs["ConfigMap"]["data"]["config.yaml"])
     args = [a.replace("$(NODE_NAME)", "node-a") for a in container(objs)["args"]]
+    args = [a.replace("$(NODE_IP)", "192.168.0.2") for a in args]
     args = [a.replace("/etc/nftproxy/config.yaml", str(cfg)) for a in args]
     parser().parse_args(args)  # exits on an unknown flag
     assert main([*args, "--check-config"]) == 0

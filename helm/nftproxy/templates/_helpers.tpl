@@ -43,8 +43,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- include "nftproxy.bind" (list .Values.config.healthzBindAddress .Values.shadow.healthzPort .Values.shadow.enabled) -}}
 {{- end -}}
 
-{{- define "nftproxy.metricsBind" -}}
+{{/* The config file's metrics address; with kubeProxyCompat a flag overrides it. */}}
+{{- define "nftproxy.metricsBindConfig" -}}
 {{- include "nftproxy.bind" (list .Values.config.metricsBindAddress .Values.shadow.metricsPort .Values.shadow.enabled) -}}
+{{- end -}}
+
+{{/* Where /metrics listens: with kubeProxyCompat the node's address, port 10249. */}}
+{{- define "nftproxy.metricsBind" -}}
+{{- if .Values.kubeProxyCompat -}}
+{{- if .Values.shadow.enabled -}}
+{{- fail "kubeProxyCompat makes the pods look like kube-proxy to its monitors: it replaces kube-proxy, it cannot shadow it (shadow.enabled)" -}}
+{{- end -}}
+$(NODE_IP):10249
+{{- else -}}
+{{- include "nftproxy.metricsBindConfig" . -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "nftproxy.port" -}}
@@ -53,7 +66,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- define "nftproxy.monitored" -}}
 {{- if or .Values.podMonitor.enabled .Values.serviceMonitor.enabled -}}
-{{- if or (not .Values.config.metricsBindAddress) (hasPrefix "127." .Values.config.metricsBindAddress) (hasPrefix "[::1]" .Values.config.metricsBindAddress) -}}
+{{- $bind := include "nftproxy.metricsBind" . -}}
+{{- if or (not $bind) (hasPrefix "127." $bind) (hasPrefix "[::1]" $bind) -}}
 {{- fail "podMonitor/serviceMonitor need config.metricsBindAddress on a non-loopback address, e.g. 0.0.0.0:10249" -}}
 {{- end -}}
 true
@@ -130,6 +144,8 @@ The arguments of `nftproxy run` both containers share (the init container adds
 - --healthz-bind-address={{ include "nftproxy.healthzBind" . }}
 - --metrics-bind-address={{ include "nftproxy.metricsBind" . }}
 - --host-ports={{ .Values.hostPorts }}
+{{- else if .Values.kubeProxyCompat }}
+- --metrics-bind-address={{ include "nftproxy.metricsBind" . }}
 {{- end }}
 {{- if .Values.serviceCIDR }}
 - --service-cidr={{ .Values.serviceCIDR }}
@@ -145,6 +161,12 @@ Both containers' environment: the node's name, and the API server's own address
   valueFrom:
     fieldRef:
       fieldPath: spec.nodeName
+{{- if .Values.kubeProxyCompat }}
+- name: NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
+{{- end }}
 {{- with include "nftproxy.apiServer" . }}
 {{- $address := . | fromYaml }}
 - name: KUBERNETES_SERVICE_HOST
