@@ -3,6 +3,7 @@ real kernel in network namespaces, and real TCP through the rules."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import os
@@ -22,6 +23,7 @@ from helpers import endpoint, free_port, service, slice_, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from nftproxy.controller.proxy import Proxy, start_proxy
+from nftproxy.k8s.cache import TRIGGER_ANNOTATION
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.live import run_live_demo
 from nftproxy.lab.netns import Lab, in_ns
@@ -313,6 +315,35 @@ def test_metrics_look_like_kube_proxys(running: Running) -> None:
     assert f"{r.api.url}/api/v1/services" in urls  # no query string
     assert "rest_client_response_size_bytes_bucket" in names
     assert counted("200") >= 5  # a list and a watch of each resource at least
+
+
+@pytest.mark.kernel
+def test_programming_latency_starts_at_the_changes_trigger_time(running: Running) -> None:
+    """A slice stamped 7 s ago (endpoints.kubernetes.io/last-change-trigger-time, as
+    the EndpointSlice controller writes it) adds about 7 s to the histogram; one
+    without the stamp counts from its arrival on the watch."""
+    r = running
+    registry = r.proxy.metrics.registry
+    name = "kubeproxy_network_programming_duration_seconds"
+
+    def observed() -> tuple[float, float]:
+        count = registry.get_sample_value(f"{name}_count") or 0.0
+        return count, registry.get_sample_value(f"{name}_sum") or 0.0
+
+    wait_for(lambda: r.proxy.loop.syncs >= 1)
+    # As kube-proxy, triggers from before the proxy started are not its changes.
+    time.sleep(max(0.0, r.proxy.loop.cache.started + 7.5 - time.time()))
+    count, total = observed()
+    stamped = _slice(ENDPOINTS[0], ENDPOINTS[1])
+    stamp = datetime.datetime.fromtimestamp(time.time() - 7, datetime.UTC)
+    stamped["metadata"]["annotations"] = {TRIGGER_ANNOTATION: stamp.isoformat()}
+    r.api.apply(stamped)
+    wait_for(lambda: observed()[0] == count + 1)
+    assert 7.0 <= observed()[1] - total < 8.5
+    count, total = observed()
+    r.api.apply(_slice(ENDPOINTS[0]))
+    wait_for(lambda: observed()[0] == count + 1)
+    assert observed()[1] - total < 1.0
 
 
 @pytest.mark.kernel

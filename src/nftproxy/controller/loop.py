@@ -16,6 +16,7 @@ servers, healthz, metrics, the log line).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from nftproxy.controller.observe import Done, Observer
 from nftproxy.controller.runner import Runner, Step
 from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.metrics import Metrics
-from nftproxy.k8s.cache import Cache, Changes, Snapshot
+from nftproxy.k8s.cache import MAX_TRIGGERS, Cache, Changes, Snapshot
 from nftproxy.nft.gcpause import paused_gc
 from nftproxy.nft.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
@@ -137,13 +138,13 @@ class Loop:
         self.last_result: SyncResult | None = None
         self.last_partial = False
         """Whether the last sync planned only what changed."""
-        self._first_change: float | None = None
+        self._triggers: list[float] = []
+        """When the changes not yet in the kernel were triggered (wall clock): carried
+        over failed syncs, observed as programming latency by the one that lands."""
         self._log = log.logger()
 
     def changed(self) -> None:
         """The cache's callback: something changed (any thread)."""
-        if self._first_change is None:
-            self._first_change = time.monotonic()
         self.observer.queued()
         self.wake.set()
 
@@ -196,27 +197,26 @@ class Loop:
         kernel refused it, or anything else went wrong: logged, counted, and the
         next sync plans against a fresh read of the kernel)."""
         self.wake.clear()
-        first, self._first_change = self._first_change, None
         try:
-            return self._sync(first)
+            return self._sync()
         except Exception as err:
-            self._failed(err, first)
+            self._failed(err)
             return False
 
-    def _sync(self, first: float | None) -> bool:
+    def _sync(self) -> bool:
         if self.index is None or self.need_read or self.repair or self.clashes:
-            snap, changes = self.cache.take()
-            return self._sync_all(snap, changes, first)
-        snap, changes = self.cache.take_changed()
+            snap, changes = self._take(self.cache.take)
+            return self._sync_all(snap, changes)
+        snap, changes = self._take(self.cache.take_changed)
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         if not changes.node and node == self.node:
-            done = self._sync_changed(snap, changes, node, first)
+            done = self._sync_changed(snap, changes, node)
             if done is not None:
                 return done
-        return self._sync_all(self.cache.held(), changes, first)
+        return self._sync_all(self.cache.held(), changes)
 
     @paused_gc()
-    def _sync_all(self, snap: Snapshot, changes: Changes, first: float | None) -> bool:
+    def _sync_all(self, snap: Snapshot, changes: Changes) -> bool:
         """Compute everything, plan against what was applied (read on the first sync)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
@@ -237,12 +237,12 @@ class Loop:
             else:
                 result = update(self.kernel, ruleset, current, dry_run=self.dry_run)
         except NftError as err:
-            self._failed(err, first)
+            self._failed(err)
             return False
         self.index, self.node, self._read = index, node, None
         self.clashes = state.clashes > 0
         self.observer.forget()
-        self._done(Done(snap, state, ruleset, result, changes, first, partial=False))
+        self._done(Done(snap, state, ruleset, result, changes, partial=False))
         return True
 
     def _replace(self, ruleset: Ruleset, current: dict[Family, Table | None]) -> SyncResult:
@@ -253,9 +253,7 @@ class Loop:
         self._log.warning("replacing the tables whole", failed_in_row=self.failed_in_row)
         return replace(self.kernel, ruleset, current=current, dry_run=self.dry_run, staged=True)
 
-    def _sync_changed(
-        self, snap: Snapshot, changes: Changes, node: NodeConfig, first: float | None
-    ) -> bool | None:
+    def _sync_changed(self, snap: Snapshot, changes: Changes, node: NodeConfig) -> bool | None:
         """Compute and plan only what changed; None when that cannot be done alone
         (the full path then runs)."""
         assert self.index is not None
@@ -287,13 +285,20 @@ class Loop:
             try:
                 result = update_planned(self.kernel, ruleset, current, txs, dry_run=self.dry_run)
             except NftError as err:
-                self._failed(err, first)
+                self._failed(err)
                 return False
         for family, change in planned.items():
             self.index[family].commit(change)
         self.observer.forget(changes.services)
-        self._done(Done(snap, state, ruleset, result, changes, first, partial=True))
+        self._done(Done(snap, state, ruleset, result, changes, partial=True))
         return True
+
+    def _take(self, take: Callable[[], tuple[Snapshot, Changes]]) -> tuple[Snapshot, Changes]:
+        """The cache's snapshot and changes; their trigger times join those carried."""
+        snap, changes = take()
+        room = MAX_TRIGGERS - len(self._triggers)
+        self._triggers += changes.triggers[: max(room, 0)]
+        return snap, changes
 
     def _ruleset(self, index: dict[Family, FamilyIndex]) -> Ruleset:
         held = present({f: idx.has_ports() for f, idx in index.items()})
@@ -307,17 +312,17 @@ class Loop:
             return None
         return desired_tables(self._ruleset(self.index))
 
-    def _failed(self, err: Exception, first: float | None) -> None:
+    def _failed(self, err: Exception) -> None:
         self.failures += 1
         self.failed_in_row += 1
         # The next sync reads the kernel and plans against it (what was applied is
         # not trusted); if that fails too, the one after replaces the tables whole.
         self.need_read = True
-        if first is not None and self._first_change is None:
-            self._first_change = first
         self.observer.failed(err)
 
     def _done(self, done: Done) -> None:
+        done = dataclasses.replace(done, triggers=tuple(self._triggers))
+        self._triggers = []
         if not self.dry_run:
             self._generation = self.kernel.generation()
         self.need_read = self.repair = False

@@ -53,9 +53,10 @@ class Done:
     """The tables the sync planned to: whole, or limited to what changed."""
     result: SyncResult
     changes: Changes
-    first: float | None
-    """When the oldest change it applied arrived (monotonic), if any did."""
     partial: bool
+    triggers: tuple[float, ...] = ()
+    """When each change it applied was triggered (wall clock; the loop carries
+    them over failed syncs)."""
 
 
 class Observer:
@@ -147,8 +148,9 @@ class Observer:
         m.last_sync.set_to_current_time()
         m.endpoint_changes.inc(changes.endpoint_changes)
         m.service_changes.inc(changes.service_changes)
-        if done.first is not None:
-            m.programming.observe(time.monotonic() - done.first)
+        now = time.time()
+        for triggered in done.triggers:  # as kube-proxy: one observation per change
+            m.programming.observe(max(now - triggered, 0.0))
         m.elements.set(elements)
         m.chains.set(chains)
         for fs in done.state.families:

@@ -9,8 +9,10 @@ The sync loop takes a :class:`Snapshot` and the changes together.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nftproxy import log
@@ -27,6 +29,25 @@ from nftproxy.k8s.problems import InvalidObjectError, Problem, report
 
 SOURCE = "api"
 ObjectKey = tuple[str, str]
+TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+TRIGGERED = ("Service", "EndpointSlice")
+MAX_TRIGGERS = 10_000
+"""Trigger times kept until a sync lands (the oldest: they are the latest changes'
+upper bound on latency); more are not recorded."""
+
+
+def trigger_time(raw: Mapping[str, Any], arrived: float | None) -> float | None:
+    """When the change to raw was triggered, as kube-proxy takes it: the
+    ``last-change-trigger-time`` annotation (RFC 3339), else ``arrived`` (a watch
+    event's arrival), else None (a list's item without it: not a change to time)."""
+    annotations = (raw.get("metadata") or {}).get("annotations") or {}
+    stamp = annotations.get(TRIGGER_ANNOTATION) if isinstance(annotations, Mapping) else None
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            pass
+    return arrived
 
 
 @dataclass
@@ -39,6 +60,9 @@ class Changes:
     service_changes: int = 0
     node: bool = False
     pods: set[ObjectKey] = field(default_factory=set)
+    triggers: list[float] = field(default_factory=list)
+    """When each Service or EndpointSlice change was triggered (wall clock, see
+    :func:`trigger_time`), for the programming latency."""
 
     def __bool__(self) -> bool:
         return bool(self.services or self.node or self.pods)
@@ -73,6 +97,8 @@ class Cache:
         self._node: NodeInfo | None = None
         self._cidrs: dict[str, tuple[str, ...]] = {}
         self._changes = Changes()
+        self.started = time.time()
+        """Triggers from before the cache began are not this process's changes."""
         self._log = log.logger()
 
     # -- the reflectors' side -------------------------------------------------
@@ -107,7 +133,11 @@ class Cache:
     def event(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
         """One watch event."""
         with self._lock:
-            changed = self._drop(kind, _key(obj)) if type_ == "DELETED" else self._put(kind, obj)
+            if type_ == "DELETED":
+                changed = self._drop(kind, _key(obj))
+                self._triggered(kind, obj, changed, time.time(), deleted=True)
+            else:
+                changed = self._put(kind, obj, arrived=time.time())
             changed &= bool(self._changes)  # a Pod without hostPorts changes nothing
         if changed:
             self.on_change()
@@ -119,18 +149,37 @@ class Cache:
             return [("", n) for n in self._cidrs]
         return list(self._objects[kind])
 
-    def _put(self, kind: str, raw: dict[str, Any]) -> bool:
+    def _put(self, kind: str, raw: dict[str, Any], arrived: float | None = None) -> bool:
         key = _key(raw)
         version = str((raw.get("metadata") or {}).get("resourceVersion", ""))
         if version and self._versions.get((kind, key)) == version:
             return False  # a relist of something unchanged
         self._versions[(kind, key)] = version
         try:
-            return self._store(kind, key, raw)
+            changed = self._store(kind, key, raw)
         except InvalidObjectError as err:
             # The version held before (if any) stays: its rules are not lost.
             report([Problem(SOURCE, object_label(raw), err.field, err.message)])
             return False
+        self._triggered(kind, raw, changed, arrived)
+        return changed
+
+    def _triggered(
+        self,
+        kind: str,
+        raw: Mapping[str, Any],
+        changed: bool,
+        arrived: float | None,
+        *,
+        deleted: bool = False,
+    ) -> None:
+        """Record when a Service's or slice's change was triggered, if it was after
+        this cache began (as kube-proxy's tracker; a deletion: when it arrived)."""
+        if not changed or kind not in TRIGGERED or len(self._changes.triggers) >= MAX_TRIGGERS:
+            return
+        at = arrived if deleted else trigger_time(raw, arrived)
+        if at is not None and at >= self.started:
+            self._changes.triggers.append(at)
 
     def _store(self, kind: str, key: ObjectKey, raw: dict[str, Any]) -> bool:
         if kind == "Node":

@@ -53,8 +53,9 @@ class Metrics:
         )
         self.programming = Histogram(
             "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds (from the change "
-            "arriving on the watch to the kernel holding it)",
+            "In Cluster Network Programming Latency in seconds (from the change's "
+            "last-change-trigger-time, else its arrival on the watch, to the kernel "
+            "holding it)",
             buckets=PROGRAMMING_BUCKETS,
             registry=r,
         )
