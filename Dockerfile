@@ -26,8 +26,10 @@ FROM ${BASE}
 COPY scripts/install.sh /tmp/install.sh
 RUN bash /tmp/install.sh --image-runtime && rm /tmp/install.sh
 COPY --from=build /opt/nftproxy /opt/nftproxy
+# kube-proxy's command too: kubeadm's own DaemonSet runs it with only the image changed.
+COPY scripts/kube-proxy /usr/local/bin/kube-proxy
 RUN ln -s /opt/nftproxy/bin/nftproxy /usr/local/bin/nftproxy \
-    && mkdir -p /var/lib/nftproxy \
-    && nftproxy run --version
+    && mkdir -p /var/lib/nftproxy /var/lib/kube-proxy \
+    && kube-proxy --version
 
 ENTRYPOINT ["nftproxy", "run"]

@@ -146,7 +146,7 @@ KUBELET_RULES = """*filter
 :KUBE-KUBELET-CANARY - [0:0]
 -A INPUT -j KUBE-FIREWALL
 -A OUTPUT -j KUBE-FIREWALL
--A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -j DROP
+-A KUBE-FIREWALL {localnet} -m comment --comment "block incoming localnet connections" {ct} -j DROP
 COMMIT
 *mangle
 :KUBE-IPTABLES-HINT - [0:0]
@@ -157,6 +157,17 @@ COMMIT
 :KUBE-MARK-DROP - [0:0]
 COMMIT
 """
+LOCALNET = {"4": "! -s 127.0.0.0/8 -d 127.0.0.0/8", "6": "! -s ::1/128 -d ::1/128"}
+
+
+def node_rules(tool: str) -> str:
+    """kubelet's and kube-proxy's chains for iptables-restore (tool names the
+    family); kubelet's martian-packet drop guards only the loopback addresses."""
+    localnet = LOCALNET["6" if tool.startswith("ip6") else "4"]
+    ct = "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT"
+    return KUBELET_RULES.format(localnet=localnet, ct=ct) + KUBE_PROXY_RULES
+
+
 KUBE_PROXY_RULES = """*filter
 :KUBE-SERVICES - [0:0]
 :KUBE-EXTERNAL-SERVICES - [0:0]

@@ -23,10 +23,9 @@ from typing import Any
 
 import pytest
 from helpers import (
-    KUBE_PROXY_RULES,
-    KUBELET_RULES,
     endpoint,
     free_port,
+    node_rules,
     service,
     slice_,
     wait_for,
@@ -153,7 +152,12 @@ def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bo
         api.apply(service("web", clusterIP="172.30.0.10"))
         api.apply(slice_("web", endpoint("10.1.0.1")))
         for tool in ("iptables-nft", "iptables-legacy"):
-            in_ns(lab.node, f"{tool}-restore", "--noflush", stdin=KUBELET_RULES + KUBE_PROXY_RULES)
+            in_ns(
+                lab.node,
+                f"{tool}-restore",
+                "--noflush",
+                stdin=node_rules(tool),
+            )
         in_ns(lab.node, "nft", "add", "table", "ip", "kube-proxy")
         extra = [f"--healthz-bind-address=127.0.0.1:{port}", *(["--dry-run"] if dry_run else [])]
         with proxy_process(api, lab, *extra) as (proc, lines):

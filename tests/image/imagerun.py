@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-# $1 the root, $2 the writable state folder, $3 the volumes ("host:name ..." under
-# /tmp, read-only), $4 "privileged" or not; then the command.
+# $1 the root, $2 the writable state folder, $3 the volumes ("host:/path ...",
+# read-only), $4 "privileged" or not; then the command.
 SCRIPT = r"""
 set -e
 root=$1 state=$2 volumes=$3 privileged=$4
@@ -34,9 +34,10 @@ mount -t tmpfs tmpfs "$root/tmp"
 mount -t tmpfs tmpfs "$root/run"
 mount --bind "$state" "$root/var/lib/nftproxy"
 for volume in $volumes; do
-    mkdir "$root/tmp/${volume#*:}"
-    mount --bind "${volume%%:*}" "$root/tmp/${volume#*:}"
-    mount -o remount,bind,ro "$root/tmp/${volume#*:}"
+    dest=$root${volume#*:}
+    [ -d "$dest" ] || mkdir -p "$dest"  # under /tmp or /run (tmpfs), or made by the image
+    mount --bind "${volume%%:*}" "$dest"
+    mount -o remount,bind,ro "$dest"
 done
 [ "$privileged" = privileged ] && exec chroot "$root" "$@"
 exec chroot "$root" setpriv --bounding-set=-all,+net_admin --inh-caps=-all -- "$@"
@@ -64,9 +65,10 @@ class Image:
         volumes: Mapping[str, Path] | None = None,
         privileged: bool = False,
     ) -> list[str]:
-        """argv inside the image, in netns; volumes (name -> host path) at /tmp/NAME;
-        privileged: every capability and a writable /proc/sys (an init container)."""
-        mounts = " ".join(f"{path}:{name}" for name, path in (volumes or {}).items())
+        """argv inside the image, in netns; volumes (path inside -> host path), each
+        under /tmp or /run or a folder the image has; privileged: every capability
+        and a writable /proc/sys (an init container, or kube-proxy's own pod)."""
+        mounts = " ".join(f"{path}:{dest}" for dest, path in (volumes or {}).items())
         mode = "privileged" if privileged else "net_admin"
         return [
             "ip", "netns", "exec", netns, "unshare", "--mount", "--", "sh", "-c", SCRIPT,

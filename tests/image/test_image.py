@@ -7,12 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import endpoint, service, slice_, wait_for
+from helpers import (
+    endpoint,
+    node_rules,
+    self_signed,
+    service,
+    slice_,
+    wait_for,
+)
 from imagerun import Image, container
 
 from nftproxy.lab.apiserver import FakeAPIServer
@@ -23,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RULESETS = ROOT / "rulesets"
 KINDS = ("nodeport", "loadbalancer", "session-affinity", "dual-stack")
 CAP_NET_ADMIN = 1 << 12
+KUBEADM = ROOT / "tests" / "fixtures" / "kube-proxy"
+ACCOUNT = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is a link to /run
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ def test_only_net_admin_and_a_read_only_root(image: Image, lab: Lab) -> None:
 def test_apply_then_diff(image: Image, lab: Lab) -> None:
     """NodePort, LoadBalancer, sessionAffinity and IPv6: applied, then no difference."""
     manifests = [a for kind in KINDS for a in ("-f", f"/tmp/rulesets/{kind}/manifests.yaml")]
-    volumes = {"rulesets": RULESETS}
+    volumes = {"/tmp/rulesets": RULESETS}
     applied = image.run(lab.node, "nftproxy", "apply", *manifests, *node_flags(), volumes=volumes)
     assert applied.returncode == 0, applied.stderr
     diffed = image.run(lab.node, "nftproxy", "diff", *manifests, *node_flags(), volumes=volumes)
@@ -74,7 +83,7 @@ def test_apply_then_diff(image: Image, lab: Lab) -> None:
 
 @pytest.fixture
 def chart_config(tmp_path: Path) -> dict[str, Path]:
-    """The chart's rendered config.yaml, as a volume named config."""
+    """The chart's rendered config.yaml, as a volume at /tmp/config."""
     chart = subprocess.run(
         [str(ROOT / ".tools" / "helm"), "template", "nftproxy", str(ROOT / "helm" / "nftproxy")],
         capture_output=True,
@@ -84,7 +93,7 @@ def chart_config(tmp_path: Path) -> dict[str, Path]:
     (configmap,) = [d for d in yaml.safe_load_all(chart) if d and d["kind"] == "ConfigMap"]
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(configmap["data"]["config.yaml"])
-    return {"config": tmp_path / "config"}
+    return {"/tmp/config": tmp_path / "config"}
 
 
 CONFIG = ("--config", "/tmp/config/config.yaml")
@@ -137,16 +146,27 @@ def test_run_syncs_from_the_api_server_and_stops_on_sigterm(image: Image, lab: L
             *("nftproxy", "run", f"--master={api.url}", "--hostname-override=node-a"),
             *("--node-ip=192.168.0.2", "--healthz-bind-address=127.0.0.1:10256"),
         )
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: "172.30.0.10 . tcp . 80" in _service_ips(lab), timeout=30)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err[-2000:]
+        _run_until(cmd, lambda: "172.30.0.10 . tcp . 80" in _service_ips(lab))
     finally:
         api.stop()
     assert "172.30.0.10 . tcp . 80" in _service_ips(lab)  # the tables stay
+
+
+def _run_until(cmd: list[str], *conditions: Callable[[], bool]) -> None:
+    """cmd until every condition holds, one after the other; then SIGTERM: exit 0."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for condition in conditions:
+            wait_for(condition, timeout=30)
+    except AssertionError:
+        met = False
+    else:
+        met = True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert met, err[-3000:]
+    assert proc.returncode == 0, err[-2000:]
 
 
 def _service_ips(lab: Lab) -> str:
@@ -154,3 +174,57 @@ def _service_ips(lab: Lab) -> str:
         return in_ns(lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips")
     except RuntimeError:
         return ""
+
+
+TOKEN = "kube-proxy-service-account-token"
+
+
+@pytest.mark.kernel
+def test_kubeadms_kube_proxy_pod_runs_it_with_only_the_image_changed(
+    image: Image, lab: Lab, tmp_path: Path
+) -> None:
+    """kubeadm's DaemonSet pod as buildah can play it: its command line, its
+    ConfigMap's files at /var/lib/kube-proxy (kubeconfig.conf naming the API server
+    and the service account's token and CA files), privileged. The kernel gets the
+    Services; kube-proxy's iptables rules there before are gone, kubelet's stay."""
+    account, configmap = tmp_path / "account", tmp_path / "configmap"
+    account.mkdir()
+    configmap.mkdir()
+    cert, key = self_signed(tmp_path)
+    (account / "ca.crt").write_text(Path(cert).read_text())
+    (account / "token").write_text(TOKEN)
+    api = FakeAPIServer(tls=(cert, key), token=TOKEN)
+    api.apply(service("web", clusterIP="172.30.0.10"))
+    api.apply(slice_("web", endpoint("10.1.0.1")))
+    with in_netns(lab.node):
+        api.start()
+    kubeconfig = (KUBEADM / "kubeadm-kubeconfig.conf").read_text()
+    (configmap / "kubeconfig.conf").write_text(
+        kubeconfig.replace("https://control-plane.example:6443", api.url)
+    )
+    (configmap / "config.conf").write_text((KUBEADM / "kubeadm-config.conf").read_text())
+    for tool in ("iptables-nft", "iptables-legacy"):
+        in_ns(lab.node, f"{tool}-restore", "--noflush", stdin=node_rules(tool))
+    try:
+        cmd = image.command(
+            lab.node,
+            *("/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf"),
+            "--hostname-override=node-a",
+            volumes={"/var/lib/kube-proxy": configmap, ACCOUNT: account},
+            privileged=True,
+        )
+        _run_until(
+            cmd,
+            lambda: "172.30.0.10 . tcp . 80" in _service_ips(lab),
+            lambda: "KUBE-SVC-" not in _iptables(lab),
+        )
+    finally:
+        api.stop()
+    saved = _iptables(lab)
+    assert "KUBE-SERVICES" not in saved and "KUBE-MARK-MASQ" not in saved
+    assert saved.count(":KUBE-FIREWALL") == 2 and saved.count(":KUBE-KUBELET-CANARY") == 6
+    assert api.unauthorized == 0
+
+
+def _iptables(lab: Lab) -> str:
+    return "".join(in_ns(lab.node, f"{tool}-save") for tool in ("iptables-nft", "iptables-legacy"))

@@ -19,10 +19,9 @@ import pytest
 from helpers import (
     BACKENDS,
     KUBE_PROXY_CHAIN_COUNT,
-    KUBE_PROXY_RULES,
-    KUBELET_RULES,
     NODE_FLAGS,
     endpoint,
+    node_rules,
     service,
     slice_,
 )
@@ -418,7 +417,7 @@ def test_cleanup_removes_ours_and_on_request_kube_proxy(lab: tuple[Lab, Libnftab
     sync(kernel, ruleset(*web(EPS[0])))
     in_ns(lab_.node, "nft", "-f", "-", stdin="table ip kube-proxy {\n}\ntable ip other {\n}\n")
     for tool in BACKENDS:
-        in_ns(lab_.node, f"{tool}-restore", "--noflush", stdin=KUBELET_RULES + KUBE_PROXY_RULES)
+        in_ns(lab_.node, f"{tool}-restore", "--noflush", stdin=node_rules(tool))
     in_ns(lab_.node, "ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
     in_ns(lab_.node, "ipset", "create", "KUBE-6-CLUSTER-IP", "hash:ip,port", "family", "inet6")
     in_ns(lab_.node, "ipset", "create", "OTHER", "hash:ip")
