@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -137,6 +138,18 @@ def running() -> Iterator[Running]:
             thread.join(timeout=10)
 
 
+def _local_lb(health_port: int) -> dict[str, Any]:
+    """A LoadBalancer Service with externalTrafficPolicy Local, on health_port."""
+    return service(
+        "lb",
+        clusterIP="172.30.0.20",
+        type="LoadBalancer",
+        externalTrafficPolicy="Local",
+        healthCheckNodePort=health_port,
+        ports=[{"name": "p", "port": 80, "nodePort": 30081}],
+    )
+
+
 def _slice(*ips: str) -> dict[str, Any]:
     return slice_("svc", *(endpoint(ip) for ip in ips), name="svc-1")
 
@@ -217,15 +230,7 @@ def test_health_servers_and_metrics(running: Running) -> None:
     r = running
     proxy = r.proxy
     hc = free_port()
-    lb = service(
-        "lb",
-        clusterIP="172.30.0.20",
-        type="LoadBalancer",
-        externalTrafficPolicy="Local",
-        healthCheckNodePort=hc,
-        ports=[{"name": "p", "port": 80, "nodePort": 30081}],
-    )
-    r.api.apply(lb)
+    r.api.apply(_local_lb(hc))
     r.api.apply(slice_("lb", endpoint(ENDPOINTS[0], node="node-a"), name="lb-1"))
     wait_for(lambda: r.get(hc, "/")[0] == 200)
     code, headers, body = r.get(hc, "/")
@@ -344,6 +349,43 @@ def test_programming_latency_starts_at_the_changes_trigger_time(running: Running
     r.api.apply(_slice(ENDPOINTS[0]))
     wait_for(lambda: observed()[0] == count + 1)
     assert observed()[1] - total < 1.0
+
+
+def _events_on(api: FakeAPIServer, kind: str, name: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in api.events.values()
+        if (e["regarding"]["kind"], e["regarding"]["name"]) == (kind, name)
+    ]
+
+
+@pytest.mark.kernel
+def test_what_cannot_be_programmed_is_told_on_the_object(running: Running) -> None:
+    """An unprogrammable Service, written three times: exactly one Event series on
+    it. A healthCheckNodePort someone else holds: an Event on its Service."""
+    r = running
+    for i in range(3):
+        bad = service("bad", clusterIP="172.30.0.30", ports=[{"name": "p", "port": 70000}])
+        bad["metadata"]["labels"] = {"try": str(i)}  # a new version each time
+        r.api.apply(bad)
+    wait_for(
+        lambda: (
+            [e.get("series", {}).get("count") for e in _events_on(r.api, "Service", "bad")] == [2]
+        )
+    )
+    (event,) = _events_on(r.api, "Service", "bad")
+    assert event["reason"] == "Unprogrammable" and event["type"] == "Warning"
+    assert "spec.ports[0].port" in event["note"] and "70000" in event["note"]
+    assert event["regarding"]["namespace"] == "ns" and event["metadata"]["namespace"] == "ns"
+    assert event["reportingInstance"] == "node-a"
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r.api.apply(_local_lb(port))
+        wait_for(lambda: bool(_events_on(r.api, "Service", "lb")))
+    (event,) = _events_on(r.api, "Service", "lb")
+    assert event["reason"] == "HealthCheckNodePortUnavailable" and str(port) in event["note"]
 
 
 @pytest.mark.kernel

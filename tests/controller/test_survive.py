@@ -307,6 +307,12 @@ def test_a_refused_ruleset_is_retried_with_growing_waits() -> None:
             time.sleep(8)
             assert 2 <= kernel.applies <= 6, kernel.applies
             assert proxy.loop.failures == kernel.applies
+            # From the third failure in a row on: a Warning Event on the Node.
+            wait_for(lambda: proxy.loop.failures >= 3, timeout=20)
+            wait_for(lambda: bool(api.events), timeout=5)
+            (event,) = api.events.values()
+            assert event["regarding"] == {"kind": "Node", "apiVersion": "v1", "name": "node-a"}
+            assert event["reason"] == "SyncFailed" and "refused (test)" in event["note"]
             kernel.refuse = False
             wait_for(lambda: in_kernel(lab, "172.30.0.10 . tcp . 80"), timeout=40)
 

@@ -19,7 +19,9 @@ import yaml
 from kubernetes import client
 
 from nftproxy.cli.main import main, parser
-from nftproxy.k8s.client import RateLimiter, watched
+from nftproxy.k8s.client import RateLimiter, event_writers, watched
+from nftproxy.k8s.events import EventRecorder, Occurrence, Regarding
+from nftproxy.lab.apiserver import FakeAPIServer
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools" / "helm"
@@ -172,9 +174,10 @@ def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-def _called(host_ports: bool) -> set[tuple[str, str, str]]:
+def _called(host_ports: bool, shadow: bool = False) -> set[tuple[str, str, str]]:
     """What ``run`` asks the API server for, from the client calls it makes: list and
-    watch of each resource :func:`watched` names."""
+    watch of each resource :func:`watched` names, and the Events it writes (not in
+    shadow mode)."""
     api = client.ApiClient(client.Configuration())
     out = set()
     for w in watched(api, "node-a", host_ports=host_ports, limiter=RateLimiter(-1, 1)):
@@ -182,16 +185,40 @@ def _called(host_ports: bool) -> set[tuple[str, str, str]]:
         plural = w.call.__wrapped__.__name__.removeprefix("list_")  # type: ignore[attr-defined]
         plural = plural.removesuffix("_for_all_namespaces").replace("_", "") + "s"
         out |= {(group, plural, verb) for verb in ("list", "watch")}
+    if not shadow:
+        out |= _written()
+    return out
+
+
+def _written() -> set[tuple[str, str, str]]:
+    """What the Event writers send, read off the lab API server's request log."""
+    verbs = {"POST": "create", "PATCH": "patch"}
+    with FakeAPIServer() as server:
+        cfg = client.Configuration()
+        cfg.host = server.url
+        create, patch = event_writers(client.ApiClient(cfg), RateLimiter(-1, 1))
+        recorder = EventRecorder(create, patch, "node-a")
+        twice = Occurrence(Regarding("Service", "v1", "web", "ns"), "Reason", "Action", "note")
+        recorder.handle(twice)  # an Event
+        recorder.handle(twice)  # its series
+        sent = [r.split() for r in server.requests]
+    out = set()
+    for method, path in sent:
+        parts = path.strip("/").split("/")  # apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME]
+        out.add((parts[1], parts[5], verbs[method]))
     return out
 
 
 @pytest.mark.parametrize("host_ports", [True, False])
 def test_rbac_is_exactly_what_run_calls(host_ports: bool) -> None:
     """The ClusterRole grants exactly the client's calls: Pods only with hostPorts,
-    no Events (nothing posts them yet), no wildcard."""
+    Events created and patched (not in shadow mode), no wildcard."""
     objs = render(f"hostPorts={str(host_ports).lower()}")
     granted = _granted(objs)
     assert granted == _called(host_ports)
+    assert ("events.k8s.io", "events", "create") in granted
+    shadow = _granted(render(f"hostPorts={str(host_ports).lower()}", "shadow.enabled=true"))
+    assert shadow == _called(host_ports, shadow=True)
     assert ("", "pods", "list") in granted if host_ports else ("", "pods", "list") not in granted
     assert not any("*" in part for g in granted for part in g)
     binding = objs["ClusterRoleBinding"]

@@ -318,7 +318,7 @@ class Loop:
         # The next sync reads the kernel and plans against it (what was applied is
         # not trusted); if that fails too, the one after replaces the tables whole.
         self.need_read = True
-        self.observer.failed(err)
+        self.observer.failed(err, self.failed_in_row)
 
     def _done(self, done: Done) -> None:
         done = dataclasses.replace(done, triggers=tuple(self._triggers))

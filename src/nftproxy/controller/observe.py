@@ -12,6 +12,7 @@ from nftproxy import log
 from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.metrics import Metrics
 from nftproxy.k8s.cache import Changes, ObjectKey, Snapshot
+from nftproxy.k8s.events import EventRecorder, Regarding
 from nftproxy.k8s.objects import Service
 from nftproxy.nft.kernel import NftError
 from nftproxy.nft.model import Ruleset
@@ -39,6 +40,10 @@ def health_check_ports(
             }
             local[key] = len(ready)
     return ports, local
+
+
+PERSISTENT_FAILURES = 3
+"""Failed syncs in a row from which the Node gets an Event."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Observer:
         self.metrics = metrics
         self.health = health
         self.services = services
+        self.events: EventRecorder | None = None
+        """Where Warning Events go (None: nowhere, as in shadow mode)."""
         self.health_ports: dict[ObjectKey, int] = {}
         self.local_counts: dict[ObjectKey, int] = {}
         self.no_local: dict[ObjectKey, tuple[bool, bool]] = {}
@@ -93,8 +100,9 @@ class Observer:
                 for key in keys:
                     table.pop(key, None)
 
-    def failed(self, err: Exception) -> None:
-        """A sync that failed: the kernel refused it, or something else went wrong."""
+    def failed(self, err: Exception, in_row: int = 1) -> None:
+        """A sync that failed: the kernel refused it, or something else went wrong;
+        from the third in a row on, a Warning Event on the Node too."""
         self.metrics.sync_failures.inc()
         if not isinstance(err, NftError):
             self.metrics.loop_errors.labels(step="sync").inc()
@@ -103,6 +111,11 @@ class Observer:
             kind=type(err).__name__,
             error=str(err)[:500],
         )
+        if self.events is not None and in_row >= PERSISTENT_FAILURES:
+            node = Regarding("Node", "v1", self.node_name)
+            # The same words each time, so that repeats fold into one Event series.
+            note = f"syncs keep failing; the last: {type(err).__name__}: {err}"
+            self.events.record(node, "SyncFailed", "Syncing", note)
 
     def error(self, step: str, err: Exception) -> None:
         """A step of the loop other than the sync failed; it is tried again later."""

@@ -1,8 +1,8 @@
 """The long-running proxy wired: reflectors, cache, loop and servers from ``Settings``.
 
 Threads: one reflector per watched resource (they only record changes), one
-asyncio thread for every HTTP listener, and the main thread, which runs the
-sync loop. Nothing forks. The cyclic garbage collector runs as usual, paused
+asyncio thread for every HTTP listener, one that posts Events, and the main
+thread, which runs the sync loop. Nothing forks. The cyclic garbage collector runs as usual, paused
 only inside a sync (bounded), and what survives the first full load is frozen
 out of its scans (``gc.freeze``).
 """
@@ -10,8 +10,9 @@ out of its scans (``gc.freeze``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nftproxy import log
 from nftproxy.controller.loop import Loop, Timing
@@ -19,7 +20,15 @@ from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.http import HttpServers, Response
 from nftproxy.controller.serve.metrics import Metrics
 from nftproxy.k8s.cache import Cache
-from nftproxy.k8s.client import RateLimiter, api_client, watched
+from nftproxy.k8s.client import (
+    DEFAULT_BURST,
+    DEFAULT_QPS,
+    RateLimiter,
+    api_client,
+    event_writers,
+    watched,
+)
+from nftproxy.k8s.events import EventRecorder, Regarding
 from nftproxy.k8s.reflector import Reflector
 from nftproxy.k8s.restmetrics import instrument
 from nftproxy.nft.kernel import Kernel
@@ -49,6 +58,7 @@ class Proxy:
     stop: threading.Event
     healthz_port: int | None = None
     metrics_port: int | None = None
+    events: EventRecorder | None = None
 
     def ready(self) -> bool:
         """Every list has completed once."""
@@ -58,6 +68,10 @@ class Proxy:
         """Start the reflectors."""
         for r in self.reflectors:
             threading.Thread(target=r.run, name=f"watch-{r.what.kind}", daemon=True).start()
+        if self.events is not None:
+            threading.Thread(
+                target=self.events.run, args=(self.stop,), name="events", daemon=True
+            ).start()
 
     def close(self) -> None:
         """Stop watching and serving (the rules stay)."""
@@ -112,7 +126,33 @@ def build_proxy(
 
     reflectors = [Reflector(w, loop.cache, stop, on_error=counted) for w in what]
     health.in_sync += [r.in_sync for r in reflectors]
-    return Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
+    proxy = Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
+    if not dry_run:  # shadow mode tells nobody anything
+        proxy.events = _record_events(loop, api, base.name)
+    return proxy
+
+
+def _record_events(loop: Loop, api: object, node_name: str) -> EventRecorder:
+    """Warning Events on what cannot be programmed: invalid objects (the cache),
+    healthCheckNodePorts that cannot be bound, syncs that keep failing (the Node).
+    Their own token bucket (client-go's default for Events: 5 QPS, burst 10)."""
+    create, patch = event_writers(api, RateLimiter(DEFAULT_QPS, DEFAULT_BURST))
+    recorder = EventRecorder(create, patch, node_name)
+
+    def invalid(kind: str, raw: Mapping[str, Any], field: str, message: str) -> None:
+        regarding = Regarding.of(raw, kind, str(raw.get("apiVersion") or "v1"))
+        recorder.record(regarding, "Unprogrammable", "Programming", f"{field}: {message}")
+
+    def unbound(name: tuple[str, str], port: int, error: str) -> None:
+        regarding = Regarding("Service", "v1", name[1], name[0])
+        note = f"healthCheckNodePort {port} cannot be opened: {error}"
+        recorder.record(regarding, "HealthCheckNodePortUnavailable", "Binding", note)
+
+    loop.cache.on_invalid = invalid
+    if loop.observer.services is not None:
+        loop.observer.services.on_bind_failure = unbound
+    loop.observer.events = recorder
+    return recorder
 
 
 def _listen(proxy: Proxy, settings: Settings) -> None:

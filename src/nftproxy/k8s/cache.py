@@ -97,6 +97,9 @@ class Cache:
         self._node: NodeInfo | None = None
         self._cidrs: dict[str, tuple[str, ...]] = {}
         self._changes = Changes()
+        self.on_invalid: Callable[[str, Mapping[str, Any], str, str], None] = _ignore
+        """Called (under the lock: it must not block) with an object that cannot be
+        programmed: its kind, the object, the field and the reason (an Event)."""
         self.started = time.time()
         """Triggers from before the cache began are not this process's changes."""
         self._log = log.logger()
@@ -160,6 +163,7 @@ class Cache:
         except InvalidObjectError as err:
             # The version held before (if any) stays: its rules are not lost.
             report([Problem(SOURCE, object_label(raw), err.field, err.message)])
+            self.on_invalid(kind, raw, err.field, err.message)
             return False
         self._triggered(kind, raw, changed, arrived)
         return changed
@@ -285,6 +289,10 @@ class Cache:
         """Whether anything changed since the last take."""
         with self._lock:
             return bool(self._changes)
+
+
+def _ignore(kind: str, raw: Mapping[str, Any], field: str, message: str) -> None:
+    """The default of :attr:`Cache.on_invalid`: the log line is enough."""
 
 
 def _key(raw: Mapping[str, Any]) -> ObjectKey:

@@ -139,3 +139,41 @@ def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter)
         )
     )
     return out
+
+
+EVENT_TIMEOUT = (5.0, 10.0)
+"""Connect and read timeouts of an Event's post, seconds."""
+
+
+def event_writers(
+    api: Any, limiter: RateLimiter
+) -> tuple[Callable[[str, dict[str, Any]], None], Callable[[str, str, dict[str, Any]], None]]:
+    """Create and patch Events (events.k8s.io/v1) through the client, each request
+    let go by the limiter: what :class:`nftproxy.k8s.events.EventRecorder` calls."""
+    events: Any = client.EventsV1Api(api)  # dict bodies, raw responses
+
+    def create(namespace: str, body: dict[str, Any]) -> None:
+        limiter.wait()
+        _done(
+            events.create_namespaced_event(
+                namespace, body, _request_timeout=EVENT_TIMEOUT, _preload_content=False
+            )
+        )
+
+    def patch(namespace: str, name: str, body: dict[str, Any]) -> None:
+        limiter.wait()
+        _done(
+            events.patch_namespaced_event(
+                name, namespace, body, _request_timeout=EVENT_TIMEOUT, _preload_content=False
+            )
+        )
+
+    return create, patch
+
+
+def _done(response: Any) -> None:
+    """Read the answer (the connection goes back to the pool clean) and let it go."""
+    try:
+        response.read()
+    finally:
+        response.release_conn()

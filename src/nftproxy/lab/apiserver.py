@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import re
 import socket
 import ssl
 import threading
@@ -247,10 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         line = f"GET {url.path}{'?watch' if _true(params.get('watch')) else ''}"
         api.requests.append(line)
         api.timed.append((time.monotonic(), line))
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        if api.token is not None and (scheme.lower() != "bearer" or token != api.token):
-            api.unauthorized += 1
-            self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+        if not self._authorized():
             return
         failing = api.take_failure()
         if failing:
@@ -267,6 +265,44 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # the client went away
         else:
             self._list(query, params)
+
+    def do_POST(self) -> None:
+        """Create an Event (events.k8s.io/v1): the only object the proxy writes."""
+        self._write(create=True)
+
+    def do_PATCH(self) -> None:
+        """Patch an Event (a merge of the body into it, as a strategic merge of an
+        Event's plain fields is)."""
+        self._write(create=False)
+
+    def _write(self, *, create: bool) -> None:
+        api = self.server.api
+        path = urllib.parse.urlsplit(self.path).path
+        api.requests.append(f"{self.command} {path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = orjson.loads(self.rfile.read(length))
+        except orjson.JSONDecodeError:
+            self._json(400, _status(400, "BadRequest", "not JSON"))
+            return
+        if not self._authorized():
+            return
+        match = EVENTS_PATH.fullmatch(path)
+        if match is None or not isinstance(body, dict):
+            self._json(404, _status(404, "NotFound", f"the server could not find {path}"))
+            return
+        namespace, name = match.group(1), match.group(2) or body.get("metadata", {}).get("name")
+        code, stored = api.write_event(namespace, str(name), body, create=create)
+        self._json(code, stored)
+
+    def _authorized(self) -> bool:
+        api = self.server.api
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if api.token is not None and (scheme.lower() != "bearer" or token != api.token):
+            api.unauthorized += 1
+            self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return False
+        return True
 
     def _json(self, code: int, body: Mapping[str, Any]) -> None:
         data = orjson.dumps(body)
@@ -400,6 +436,18 @@ def _route(path: str, params: Mapping[str, str], served: Mapping[str, Resource])
     return None
 
 
+EVENTS_PATH = re.compile(r"/apis/events\.k8s\.io/v1/namespaces/([^/]+)/events(?:/([^/]+))?")
+
+
+def _merged(into: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merged(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -430,6 +478,10 @@ class FakeAPIServer:
         self.token = token
         """The bearer token every request must carry (401 otherwise); None: any."""
         self.unauthorized = 0
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        """Events written (events.k8s.io/v1), by namespace and name."""
+        self.event_writes: list[str] = []
+        """POST or PATCH, one per write, in order."""
         self.store = Store(history)
         self.bookmark_every = 1.0
         self.generation = 0
@@ -449,6 +501,21 @@ class FakeAPIServer:
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def write_event(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, create: bool
+    ) -> tuple[int, dict[str, Any]]:
+        """Store a created Event (409 when the name is taken) or patch one (404 when
+        absent); the status code and the Event as stored."""
+        with self._lock:
+            key = (namespace, name)
+            self.event_writes.append("POST" if create else "PATCH")
+            if create == (key in self.events):
+                code = 409 if create else 404
+                return code, _status(code, "AlreadyExists" if create else "NotFound", name)
+            event = self.events.get(key) or {}
+            self.events[key] = _merged(event, body)
+            return (201 if create else 200), self.events[key]
 
     @property
     def url(self) -> str:

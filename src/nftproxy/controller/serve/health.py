@@ -112,6 +112,8 @@ class ServiceHealthServers:
         self._ports: dict[ServiceName, int] = {}
         self._local: dict[ServiceName, int] = {}
         self.failed: dict[ServiceName, str] = {}
+        self.on_bind_failure: Callable[[ServiceName, int, str], None] = lambda n, p, e: None
+        """Called on every failed try to open a Service's port (an Event on it)."""
 
     def sync_services(self, wanted: Mapping[ServiceName, int]) -> None:
         """Open the ports of new Services, close those of Services gone or moved."""
@@ -133,6 +135,7 @@ class ServiceHealthServers:
                         error=str(err),
                     )
                 self.failed[name] = str(err)
+                self.on_bind_failure(name, port, str(err))
                 continue
             self.failed.pop(name, None)
             self._ports[name] = port
