@@ -67,7 +67,7 @@ def test_in_cluster_it_reaches_the_api_by_its_real_address(tmp_path: Path) -> No
             "KUBERNETES_SERVICE_PORT": str(api.port),
         }
         cmd = ["unshare", "--mount", "--", "sh", "-c", script, str(account), str(ACCOUNT)]
-        cmd += [sys.executable, "-m", "nftproxy.cli", "run", f"--netns={lab.node}", "--checkpoint="]
+        cmd += [sys.executable, "-m", "nftproxy.cli", "run", f"--netns={lab.node}"]
         cmd += ["--hostname-override=node-a", "--node-ip=192.168.0.2", "--min-sync-period=0"]
         cmd += ["--healthz-bind-address=", "--metrics-bind-address="]
         log = tmp_path / "proxy.log"
@@ -124,7 +124,6 @@ def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
         kubeconfig = tmp_path / "kubeconfig.conf"
         kubeconfig.write_text(KUBECONFIG.format(server=api.url))
         cmd = [sys.executable, "-m", "nftproxy.cli", "run", f"--kubeconfig={kubeconfig}"]
-        cmd += ["--checkpoint="]
         cmd += [f"--netns={lab.node}", "--hostname-override=node-a", "--node-ip=192.168.0.2"]
         cmd += ["--min-sync-period=0", "--healthz-bind-address=", "--metrics-bind-address="]
         log = tmp_path / "proxy.log"

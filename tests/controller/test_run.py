@@ -17,7 +17,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,7 +110,6 @@ def run_args(api: FakeAPIServer, lab: Lab, *extra: str) -> list[str]:
         "0",
         "--healthz-bind-address=",
         "--metrics-bind-address=",
-        "--checkpoint=",  # none (a test's own, when it wants one, comes after)
         *extra,
     ]
 
@@ -428,72 +426,6 @@ def test_sigterm_leaves_the_rules() -> None:
         assert "172.30.0.10 . tcp . 80" in in_ns(
             lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips"
         )
-
-
-def _started(api: FakeAPIServer, lab: Lab, checkpoint: Path) -> subprocess.Popen[str]:
-    """`nftproxy run` keeping its checkpoint at checkpoint, after its first sync."""
-    args = run_args(api, lab, f"--checkpoint={checkpoint}")
-    cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *args]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if '"synced"' in line:
-            break
-    proc.lines = lines  # type: ignore[attr-defined]
-    return proc
-
-
-def _stopped(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
-    return "".join(proc.lines) + err  # type: ignore[attr-defined]
-
-
-@pytest.mark.kernel
-def test_a_restart_adopts_its_checkpoint_and_no_connection_fails(tmp_path: Path) -> None:
-    """A client connects in a loop while the proxy stops (its checkpoint written),
-    an endpoint is added meanwhile, and the proxy starts again: it adopts the
-    checkpoint (no elements read back), applies the change, and not one connection
-    fails. A checkpoint the kernel's generation does not match is not adopted."""
-    checkpoint = tmp_path / "checkpoint"
-    with Lab("restart") as lab, FakeAPIServer() as api:
-        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
-        for ip in ENDPOINTS[:2]:
-            lab.add_host(ipaddress.ip_address(ip))
-        lab.start_responders([8080])
-        api.apply(service())
-        api.apply(_slice(ENDPOINTS[0]))
-        first = _started(api, lab, checkpoint)
-        results: list[object] = []
-        stop = threading.Event()
-
-        def client() -> None:
-            while not stop.is_set():
-                got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=0.5)
-                results.append(lab.owner(got.responder) if isinstance(got, Reached) else got)
-                time.sleep(0.02)
-
-        loop = threading.Thread(target=client)
-        loop.start()
-        try:
-            time.sleep(0.5)
-            assert "checkpoint adopted" not in _stopped(first)  # nothing to adopt yet
-            assert checkpoint.exists()
-            api.apply(_slice(ENDPOINTS[0], ENDPOINTS[1]))  # changed while it was down
-            second = _started(api, lab, checkpoint)
-            wait_for(lambda: ENDPOINTS[1] in results[-20:])
-            log = _stopped(second)
-        finally:
-            stop.set()
-            loop.join()
-        assert "checkpoint adopted" in log
-        assert len(results) > 50 and set(results) <= {ENDPOINTS[0], ENDPOINTS[1]}, set(results)
-        in_ns(lab.node, "nft", "flush", "set", "ip", "nftproxy", names.APPLIED)
-        third = _started(api, lab, checkpoint)  # another generation: read instead
-        assert "checkpoint adopted" not in _stopped(third)
 
 
 @pytest.mark.kernel

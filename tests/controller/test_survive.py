@@ -78,7 +78,6 @@ def proxy_process(api: FakeAPIServer, lab: Lab, *extra: str, nofile: int = 0) ->
         "--cluster-cidr=10.0.0.0/8",
         "--min-sync-period=0",
         "--metrics-bind-address=",
-        "--checkpoint=",
         *extra,
     ]
     if nofile:

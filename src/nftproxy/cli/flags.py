@@ -522,23 +522,3 @@ def add_netns_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--netns", metavar="NAME", help="act in this network namespace (as with ip netns exec)"
     )
-
-
-CHECKPOINT_DIR = Path("/var/lib/nftproxy")
-
-
-def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint PATH``: apply and run share it."""
-    parser.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="where to keep what was applied, so that a restart need not read "
-        "the kernel back (default /var/lib/nftproxy/checkpoint; '' for none)",
-    )
-
-
-def checkpoint_of(args: argparse.Namespace) -> Path | None:
-    """Where what was applied is kept (one file per network namespace); None: nowhere."""
-    if args.checkpoint is not None:
-        return Path(args.checkpoint) if args.checkpoint else None
-    return CHECKPOINT_DIR / (f"checkpoint-{args.netns}" if args.netns else "checkpoint")

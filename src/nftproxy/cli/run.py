@@ -16,7 +16,6 @@ from typing import Any
 
 from nftproxy import __version__, log
 from nftproxy.cli.flags import (
-    checkpoint_of,
     is_on,
     settings_of,
 )
@@ -61,8 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     dry_run = is_on(args, "dry_run")
     take_over = None if dry_run else TakeOver(kernel, args.netns)
-    checkpoint = None if dry_run else checkpoint_of(args)
-    proxy = start_proxy(settings, kernel, dry_run=dry_run, netns=args.netns, checkpoint=checkpoint)
+    proxy = start_proxy(settings, kernel, dry_run=dry_run, netns=args.netns)
     received = _on_signals(proxy)
 
     def after_first() -> None:
@@ -77,7 +75,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy.loop.run(proxy.stop, proxy.ready, after_first=after_first)
     finally:
         proxy.close()
-        proxy.loop.save_checkpoint()  # the next start adopts it instead of reading
     log.logger().info("stopped; the rules stay in the kernel", signal=",".join(received) or None)
     return 0
 

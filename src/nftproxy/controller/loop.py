@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from nftproxy import log
@@ -44,7 +43,6 @@ from nftproxy.sync.after import AfterSync, after_sync
 from nftproxy.sync.apply import (
     FAMILIES,
     SyncResult,
-    adopt,
     desired_tables,
     drift,
     plan_all,
@@ -53,12 +51,8 @@ from nftproxy.sync.apply import (
     update,
     update_planned,
 )
-from nftproxy.sync.checkpoint import Checkpoint, save
 from nftproxy.sync.plan import Summary
 
-CHECKPOINT_EVERY = 10.0
-"""Seconds between checkpoints after syncs (and one at stop): a checkpoint a few
-syncs old is not adopted (its generation is not the kernel's), never wrong."""
 WAIT_SLICE = 0.5
 """The longest the loop waits at once (seconds): how soon it sees SIGTERM."""
 FULL_CHECK_EVERY = 10
@@ -106,14 +100,8 @@ class Loop:
         dry_run: bool = False,
         out: TextIO = sys.stdout,
         clock: Callable[[], float] = time.monotonic,
-        checkpoint: Path | None = None,
     ) -> None:
         self.kernel = kernel
-        self.checkpoint = checkpoint
-        """Where what was applied is kept, so that a restart need not read the kernel."""
-        self._stamp = ""
-        """The generation the last applied sync stamped into the kernel."""
-        self._saved_at = -CHECKPOINT_EVERY
         self.cache = cache
         self.base = base
         self.timing = timing
@@ -237,8 +225,7 @@ class Loop:
         elif self.index is not None and not self.need_read:
             current = desired_tables(self._ruleset(self.index))  # what was applied
         else:
-            adopted = self._adopted() if self.index is None and not self.need_read else None
-            current = adopted if adopted is not None else read_tables(self.kernel)
+            current = read_tables(self.kernel)
         index = {
             fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
             for fs in state.families
@@ -306,34 +293,6 @@ class Loop:
         self._done(Done(snap, state, ruleset, result, changes, partial=True))
         return True
 
-    def _adopted(self) -> dict[Family, Table | None] | None:
-        """At start: what the kernel holds, from the checkpoint when the kernel holds
-        its generation (no elements read back), else None (the kernel is read)."""
-        if self.checkpoint is None:
-            return None
-        try:
-            adopted = adopt(self.kernel, self.checkpoint)
-        except Exception as err:  # a damaged file, a read that failed: read instead
-            self._log.warning("checkpoint not adopted", error=repr(err)[:300])
-            return None
-        if adopted is not None:
-            self._log.info("checkpoint adopted: the kernel's elements were not read back")
-        return adopted
-
-    def save_checkpoint(self) -> None:
-        """Record what was applied and its generation (atomically); a failure is
-        logged (the next start reads the kernel instead)."""
-        if self.checkpoint is None or self.dry_run or not self._stamp or self.index is None:
-            return
-        try:
-            save(
-                self.checkpoint,
-                Checkpoint.of(self._stamp, desired_tables(self._ruleset(self.index))),
-            )
-        except OSError as err:
-            self._log.warning("checkpoint not written", path=str(self.checkpoint), error=str(err))
-        self._saved_at = time.monotonic()
-
     def _take(self, take: Callable[[], tuple[Snapshot, Changes]]) -> tuple[Snapshot, Changes]:
         """The cache's snapshot and changes; their trigger times join those carried."""
         snap, changes = take()
@@ -369,9 +328,6 @@ class Loop:
         self.need_read = self.repair = False
         self.failed_in_row = 0
         self.syncs += 1
-        self._stamp = done.result.generation or self._stamp
-        if time.monotonic() - self._saved_at >= CHECKPOINT_EVERY:
-            self.save_checkpoint()
         self.last_result = done.result
         self.last_partial = done.partial
         self.last_sync_end = time.monotonic()

@@ -66,8 +66,6 @@ class SyncResult:
     previous: dict[Family, Table | None]
     """What the sync planned against: the rules it replaced."""
     from_checkpoint: bool = False
-    generation: str = ""
-    """The generation the batch stamped into the kernel ("" when nothing was applied)."""
 
     @property
     def script(self) -> str:
@@ -228,22 +226,6 @@ def kernel_generation(
     return found.pop() if len(found) == 1 else None
 
 
-def adopt(kernel: Kernel, path: Path, table: str = names.TABLE) -> Current | None:
-    """What the kernel holds, from the checkpoint at path when the kernel holds its
-    generation: the tables' structure read (no elements), the checkpoint's elements
-    put back. None when there is no such checkpoint, it is invalid, or the kernel
-    holds another generation (someone applied since, or nothing is there)."""
-    saved = checkpoints.load(path)
-    if saved is None:
-        return None
-    structure = {f: kernel.read_table(f, table, elements=False) for f in FAMILIES}
-    if all(t is None for t in structure.values()):
-        return None
-    if kernel_generation(kernel, structure, table) != saved.generation:
-        return None
-    return saved.fill(structure)
-
-
 def _stamp(desired: Table, stamp: str) -> tuple[Change, ...]:
     """The changes that write a generation into a table's ``applied`` set."""
     applied = next(s for s in desired.sets if s.name == names.APPLIED)
@@ -383,8 +365,13 @@ def _sync(
     start = time.perf_counter()
     desired = desired_tables(ruleset)
     stamp = new_generation()
-    filled = adopt(kernel, checkpoint, table) if checkpoint is not None and not full else None
-    trusted = filled is not None
+    saved = checkpoints.load(checkpoint) if checkpoint is not None and not full else None
+    trusted = saved is not None and kernel_generation(kernel, desired, table) == saved.generation
+    filled = None
+    if saved is not None and trusted:
+        structure = {f: kernel.read_table(f, table, elements=False) for f in FAMILIES}
+        filled = saved.fill(structure)
+        trusted = filled is not None
     if filled is not None:
         current = filled
     else:
@@ -399,14 +386,10 @@ def _sync(
     fresh = all(t is None for t in current.values())
     full = full or fresh  # nothing there: load it whole
     batch = Batch(table, txs, ruleset if full else None, stamps, fresh=fresh, staged=staged)
-    applying = not dry_run and bool(txs or full or not trusted)
-    if applying:
+    if not dry_run and (txs or full or not trusted):
         kernel.apply(batch)
         if checkpoint is not None:
             applied = desired if full else aligned  # a full load is the ruleset as built
             checkpoints.save(checkpoint, checkpoints.Checkpoint.of(stamp, applied))
     seconds = time.perf_counter() - start
-    generation = stamp if applying else ""
-    return SyncResult(
-        txs, batch, summary, seconds, full, current, from_checkpoint=trusted, generation=generation
-    )
+    return SyncResult(txs, batch, summary, seconds, full, current, from_checkpoint=trusted)
