@@ -175,6 +175,24 @@ def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bo
         assert ("table ip kube-proxy" in tables) is dry_run
 
 
+ESTABLISHED = "net.netfilter.nf_conntrack_tcp_timeout_established"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_shadow_mode_leaves_the_sysctls_to_kube_proxy(dry_run: bool) -> None:
+    """--dry-run runs beside kube-proxy, which owns the conntrack sysctls: they are
+    not written; without it they are."""
+    port = free_port()
+    with Lab("sysctl") as lab, FakeAPIServer() as api:
+        in_ns(lab.node, "sysctl", "-qw", f"{ESTABLISHED}=1000")
+        extra = [f"--healthz-bind-address=127.0.0.1:{port}", *(["--dry-run"] if dry_run else [])]
+        with proxy_process(api, lab, *extra) as (_, lines):
+            wait_for(lambda: any('"synced"' in line for line in lines), timeout=30)
+            value = in_ns(lab.node, "sysctl", "-n", ESTABLISHED).strip()
+        assert value == ("1000" if dry_run else "86400")
+
+
 @pytest.mark.kernel
 def test_a_flood_of_half_sent_requests_does_not_blind_it() -> None:
     """1,500 clients each send one byte to the healthz port of a proxy whose open

@@ -48,7 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if _one_shot(args, settings):
         return 0
-    sysctls.apply(sysctls.wanted(settings), args.netns)
+    dry_run = is_on(args, "dry_run")
+    if not dry_run:  # shadow mode: kube-proxy, beside it, owns the sysctls
+        sysctls.apply(sysctls.wanted(settings), args.netns)
     if is_on(args, "init_only"):
         return 0
     raise_open_files_limit()
@@ -58,7 +60,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for feature, error in missing:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
-    dry_run = is_on(args, "dry_run")
     take_over = None if dry_run else TakeOver(kernel, args.netns)
     proxy = start_proxy(settings, kernel, dry_run=dry_run, netns=args.netns)
     received = _on_signals(proxy)

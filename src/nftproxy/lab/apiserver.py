@@ -20,6 +20,7 @@ import itertools
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -455,6 +456,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], api: FakeAPIServer) -> None:
         self.api = api
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went away mid-request is no error of the server's (quiet);
+        anything else is printed, as socketserver does."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class FakeAPIServer:
