@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,6 +322,32 @@ def test_metrics_look_like_kube_proxys(running: Running) -> None:
     assert f"{r.api.url}/api/v1/services" in urls  # no query string
     assert "rest_client_response_size_bytes_bucket" in names
     assert counted("200") >= 5  # a list and a watch of each resource at least
+
+
+DASHBOARD = (
+    Path(__file__).resolve().parents[2] / "helm" / "nftproxy" / "dashboards" / "nftproxy.json"
+)
+METRIC = re.compile(r"\b(?:kubeproxy|nftproxy|rest_client|process)_[a-z_]+\b")
+
+
+@pytest.mark.kernel
+def test_every_series_the_dashboard_queries_is_on_metrics(running: Running) -> None:
+    """The chart's Grafana dashboard draws only series a running proxy exports."""
+    r = running
+    wait_for(lambda: r.proxy.loop.syncs >= 1)
+    assert r.proxy.metrics_port is not None
+    text = r.get(r.proxy.metrics_port, "/metrics")[2].decode()
+    # Families, not samples: a labelled counter with no child yet has no sample.
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {
+        f.name + suffix
+        for f in text_string_to_metric_families(text)
+        for suffix in ("", *suffixes.get(f.type, ()))
+    }
+    board = json.loads(DASHBOARD.read_text())
+    queried = {m for p in board["panels"] for t in p["targets"] for m in METRIC.findall(t["expr"])}
+    assert len(queried) >= 12
+    assert queried <= exported, queried - exported
 
 
 @pytest.mark.kernel

@@ -7,6 +7,7 @@ against the Kubernetes schemas bundled in kubernetes-validate.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -89,6 +90,7 @@ VALUE_SETS = {
     "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
     "unprivileged": ("privileged=false", "loadModules=true"),
     "kube-proxy compatible": ("kubeProxyCompat=true", "serviceMonitor.enabled=true"),
+    "dashboard": ("dashboard.enabled=true", "dashboard.namespace=monitoring"),
 }
 
 
@@ -162,6 +164,20 @@ def test_kube_proxy_compat_looks_like_kube_proxy_to_its_monitors() -> None:
     assert "k8s-app" not in render()["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
     both = helm("template", "x", str(CHART), "--set", "kubeProxyCompat=true,shadow.enabled=true")
     assert both.returncode != 0 and "cannot shadow it" in both.stderr
+
+
+def test_the_dashboard_is_a_configmap_for_grafanas_sidecar() -> None:
+    objs = render("dashboard.enabled=true", "dashboard.labels.release=prom")
+    dash = next(
+        o
+        for k, o in objs.items()
+        if k.startswith("ConfigMap") and "dashboard" in o["metadata"]["name"]
+    )
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dash["metadata"]["labels"]["release"] == "prom"
+    board = json.loads(dash["data"]["nftproxy.json"])
+    assert board == json.loads((CHART / "dashboards" / "nftproxy.json").read_text())
+    assert all("dashboard" not in o["metadata"]["name"] for o in render().values())
 
 
 def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
