@@ -71,6 +71,14 @@ def test_one_event_then_its_series(lab_api: tuple[FakeAPIServer, EventRecorder, 
     recorder.handle(bad)
     assert api.event_writes == ["POST", "PATCH", "PATCH", "POST"]
     assert len(api.events) == 2
+    for seconds in (10, 20):  # a series again; it ends before any flush sees it
+        clock.now += seconds
+        recorder.handle(bad)
+    clock.now += SERIES_WINDOW
+    recorder.handle(bad)  # its last count is written before the new Event
+    assert api.event_writes[4:] == ["PATCH", "PATCH", "POST"]
+    counts = sorted(e.get("series", {}).get("count", 1) for e in api.events.values())
+    assert counts == [1, 3, 4]
 
 
 def test_cluster_scoped_objects_get_events_in_default(

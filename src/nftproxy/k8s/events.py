@@ -156,6 +156,8 @@ class EventRecorder:
             if series.count == 2:
                 self._patch_series(series)
             return
+        if series is not None:  # ended, and not flushed yet: its last count first
+            self._end(item, series)
         if not self._allowed(item.regarding):
             self.dropped += 1
             return
@@ -170,16 +172,21 @@ class EventRecorder:
         the window) or are due for a refresh; forget ended ones."""
         now = self.clock()
         for item, series in list(self._series.items()):
-            ended = now - series.last >= SERIES_WINDOW
-            due = now - series.flushed >= SERIES_REFRESH
-            if series.count > series.patched_count and (ended or due):
+            if now - series.last >= SERIES_WINDOW:
+                self._end(item, series)
+            elif series.count > series.patched_count and now - series.flushed >= SERIES_REFRESH:
                 self._patch_series(series)
-            if ended:
-                del self._series[item]
         mono = time.monotonic()
         for regarding, bucket in list(self._buckets.items()):
             if bucket.tokens + (mono - bucket.at) / REFILL >= BURST:
                 del self._buckets[regarding]  # full again: as good as new (bounded memory)
+
+    def _end(self, item: Occurrence, series: _Series) -> None:
+        """A series without a repeat within the window: its last count written, then
+        forgotten (a repeat after this starts a new Event)."""
+        if series.count > series.patched_count:
+            self._patch_series(series)
+        del self._series[item]
 
     def _patch_series(self, series: _Series) -> None:
         body = {"series": {"count": series.count, "lastObservedTime": micro_time(series.last)}}
