@@ -63,6 +63,13 @@ def service(name: str = "svc", ns: str = "ns", **spec: Any) -> dict[str, Any]:
     return doc
 
 
+def serve(api: Any, name: str, cluster_ip: str, addr: str) -> None:
+    """A one-port Service and its slice with one ready endpoint, into the lab's API
+    server (api)."""
+    api.apply(service(name, clusterIP=cluster_ip))
+    api.apply(slice_(name, endpoint(addr)))
+
+
 def endpoint(addr: str, node: str | None = None, **conditions: bool) -> dict[str, Any]:
     """One slice endpoint (conditions default to ready)."""
     ep: dict[str, Any] = {"addresses": [addr], "conditions": conditions or {"ready": True}}

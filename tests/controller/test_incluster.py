@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import endpoint, self_signed, service, slice_, wait_for
+from helpers import endpoint, self_signed, serve, service, slice_, wait_for
 
 from nftproxy.lab.apiserver import FakeAPIServer
 from nftproxy.lab.netns import Lab, in_ns
@@ -118,8 +118,7 @@ def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
     account.mkdir()
     (account / "token").write_text("first")
     api = FakeAPIServer(token="first")
-    api.apply(service("web", clusterIP="172.30.0.10"))
-    api.apply(slice_("web", endpoint("10.1.0.1")))
+    serve(api, "web", "172.30.0.10", "10.1.0.1")
     with api, Lab("rotate") as lab:
         kubeconfig = tmp_path / "kubeconfig.conf"
         kubeconfig.write_text(KUBECONFIG.format(server=api.url))
@@ -136,8 +135,7 @@ def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
             rotated.rename(account / "token")  # atomically, as kubelet swaps it
             api.token = "second"
             api.drop_watches()  # every watch comes back, with whatever token it has
-            api.apply(service("db", clusterIP="172.30.0.20"))
-            api.apply(slice_("db", endpoint("10.1.0.2")))
+            serve(api, "db", "172.30.0.20", "10.1.0.2")
             wait_for(lambda: "172.30.0.20 . tcp . 80" in in_kernel(lab), timeout=30)
             assert api.unauthorized == 0, log.read_text()[-2000:]
         finally:

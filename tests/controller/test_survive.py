@@ -23,11 +23,9 @@ from typing import Any
 
 import pytest
 from helpers import (
-    endpoint,
     free_port,
     node_rules,
-    service,
-    slice_,
+    serve,
     wait_for,
 )
 
@@ -114,8 +112,7 @@ def test_it_starts_without_the_api_server_and_syncs_when_it_comes() -> None:
     /healthz 503 meanwhile; then the kernel is programmed and /healthz is 200."""
     port = free_port()
     api = FakeAPIServer(port=free_port())
-    api.apply(service("web", clusterIP="172.30.0.10"))
-    api.apply(slice_("web", endpoint("10.1.0.1")))
+    serve(api, "web", "172.30.0.10", "10.1.0.1")
     with (
         Lab("away") as lab,
         proxy_process(api, lab, f"--healthz-bind-address=127.0.0.1:{port}") as (
@@ -149,8 +146,7 @@ def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bo
     stay. In shadow mode (--dry-run beside kube-proxy) nothing is removed."""
     port = free_port()
     with Lab("takeover") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         for tool in ("iptables-nft", "iptables-legacy"):
             in_ns(
                 lab.node,
@@ -201,8 +197,7 @@ def test_a_flood_of_half_sent_requests_does_not_blind_it() -> None:
     its tables stay."""
     port = free_port()
     with Lab("flood") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         extra = (f"--healthz-bind-address=127.0.0.1:{port}",)
         with proxy_process(api, lab, *extra, nofile=1024) as (proc, lines):
             wait_for(lambda: status(port, "/healthz") == 200, timeout=30)
@@ -211,8 +206,7 @@ def test_a_flood_of_half_sent_requests_does_not_blind_it() -> None:
                 started = time.monotonic()
                 assert status(port, "/healthz", timeout=2.0) == 200
                 assert time.monotonic() - started < 2.0
-                api.apply(service("db", clusterIP="172.30.0.20"))
-                api.apply(slice_("db", endpoint("10.1.0.2")))
+                serve(api, "db", "172.30.0.20", "10.1.0.2")
                 wait_for(lambda: in_kernel(lab, "172.30.0.20 . tcp . 80"))
             finally:
                 for c in clients[300:]:
@@ -233,8 +227,7 @@ def test_foreign_flushes_are_repaired() -> None:
     """``nft flush ruleset`` from outside, three times: each time the drift check
     puts the tables back."""
     with Lab("flush") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         with proxy_process(api, lab, "--drift-check-period=1s", "--healthz-bind-address=") as (
             proc,
             lines,
@@ -317,8 +310,7 @@ def test_a_refused_ruleset_is_retried_with_growing_waits() -> None:
     """A kernel that refuses every transaction: about four tries in 8 s (1, 2, 4 s
     apart at most), not one every min-sync-period; then the next sync lands."""
     with Lab("refused") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         kernel = FailingKernel(lab.node)
         kernel.refuse = True
         with running_loop(kernel, api, lab) as proxy:
@@ -341,22 +333,19 @@ def test_after_a_failure_the_kernel_is_read_and_after_two_the_tables_replaced() 
     transaction, not a whole load). Two in a row: the third replaces the tables
     whole, as a staged load (bounded memory for nft)."""
     with Lab("refused2") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         kernel = FailingKernel(lab.node)
         with running_loop(kernel, api, lab) as proxy:
             wait_for(lambda: in_kernel(lab, "172.30.0.10 . tcp . 80"))
             in_ns(lab.node, "nft", "add", "chain", "ip", "nftproxy", "foreign")
             kernel.refuse_next, kernel.batches = 1, []
-            api.apply(service("db", clusterIP="172.30.0.20"))
-            api.apply(slice_("db", endpoint("10.1.0.2")))
+            serve(api, "db", "172.30.0.20", "10.1.0.2")
             wait_for(lambda: in_kernel(lab, "172.30.0.20 . tcp . 80"), timeout=20)
             refused, planned = kernel.batches[0], kernel.batches[-1]
             assert refused.load is None and planned.load is None
             assert "foreign" not in in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
             kernel.refuse_next, kernel.batches = 2, []
-            api.apply(service("cache", clusterIP="172.30.0.30"))
-            api.apply(slice_("cache", endpoint("10.1.0.3")))
+            serve(api, "cache", "172.30.0.30", "10.1.0.3")
             wait_for(lambda: in_kernel(lab, "172.30.0.30 . tcp . 80"), timeout=20)
             assert [b.load is not None for b in kernel.batches] == [False, False, True]
             assert kernel.batches[-1].staged
@@ -369,8 +358,7 @@ def test_failed_reads_are_counted_and_the_loop_goes_on() -> None:
     """The drift read and the generation read fail a few times: each is counted under
     its step, nothing ends the loop, and changes keep reaching the kernel."""
     with Lab("reads") as lab, FakeAPIServer() as api:
-        api.apply(service("web", clusterIP="172.30.0.10"))
-        api.apply(slice_("web", endpoint("10.1.0.1")))
+        serve(api, "web", "172.30.0.10", "10.1.0.1")
         kernel = FailingKernel(lab.node)
         with running_loop(kernel, api, lab) as proxy:
             wait_for(lambda: in_kernel(lab, "172.30.0.10 . tcp . 80"))
@@ -378,8 +366,7 @@ def test_failed_reads_are_counted_and_the_loop_goes_on() -> None:
             kernel.fail_generations = 3
             kernel.fail_reads = 2
             wait_for(lambda: errors(proxy, "drift") >= 3)
-            api.apply(service("db", clusterIP="172.30.0.20"))
-            api.apply(slice_("db", endpoint("10.1.0.2")))
+            serve(api, "db", "172.30.0.20", "10.1.0.2")
             wait_for(lambda: in_kernel(lab, "172.30.0.20 . tcp . 80"))
 
 

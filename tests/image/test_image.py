@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import (
-    endpoint,
     node_rules,
     self_signed,
-    service,
-    slice_,
+    serve,
     wait_for,
 )
 from imagerun import Image, container
@@ -136,8 +134,7 @@ def test_run_syncs_from_the_api_server_and_stops_on_sigterm(image: Image, lab: L
     """run against the lab's API server (listening in the lab's namespace): the
     kernel programmed; SIGTERM: exit 0, the tables kept."""
     api = FakeAPIServer()
-    api.apply(service("web", clusterIP="172.30.0.10"))
-    api.apply(slice_("web", endpoint("10.1.0.1")))
+    serve(api, "web", "172.30.0.10", "10.1.0.1")
     with in_netns(lab.node):
         api.start()
     try:
@@ -194,8 +191,7 @@ def test_kubeadms_kube_proxy_pod_runs_it_with_only_the_image_changed(
     (account / "ca.crt").write_text(Path(cert).read_text())
     (account / "token").write_text(TOKEN)
     api = FakeAPIServer(tls=(cert, key), token=TOKEN)
-    api.apply(service("web", clusterIP="172.30.0.10"))
-    api.apply(slice_("web", endpoint("10.1.0.1")))
+    serve(api, "web", "172.30.0.10", "10.1.0.1")
     with in_netns(lab.node):
         api.start()
     kubeconfig = (KUBEADM / "kubeadm-kubeconfig.conf").read_text()
