@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nftproxy.k8s.manifests import Loaded, load_objects
+from nftproxy.lab.netns import in_ns
 from nftproxy.nft.model import Table
 from nftproxy.proxy.state import ProxyState, compute_state
 from nftproxy.settings.node import NodeConfig
@@ -61,6 +62,14 @@ def service(name: str = "svc", ns: str = "ns", **spec: Any) -> dict[str, Any]:
     if status:
         doc["status"] = status
     return doc
+
+
+def service_ips(netns: str) -> str:
+    """nftproxy's ``service-ips`` map as nft lists it in netns ("" with no table)."""
+    try:
+        return in_ns(netns, "nft", "list", "map", "ip", "nftproxy", "service-ips")
+    except RuntimeError:  # no table yet
+        return ""
 
 
 def serve(api: Any, name: str, cluster_ip: str, addr: str) -> None:

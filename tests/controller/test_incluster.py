@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import endpoint, self_signed, serve, service, slice_, wait_for
+from helpers import endpoint, self_signed, serve, service, service_ips, slice_, wait_for
 
 from nftproxy.lab.apiserver import FakeAPIServer
-from nftproxy.lab.netns import Lab, in_ns
+from nftproxy.lab.netns import Lab
 
 ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TOKEN = "in-cluster-token"
@@ -35,13 +35,6 @@ def mount_point(path: Path) -> Iterator[None]:
     finally:
         for folder in reversed(made):
             folder.rmdir()
-
-
-def in_kernel(lab: Lab) -> str:
-    try:
-        return in_ns(lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips")
-    except RuntimeError:  # no table yet
-        return ""
 
 
 @pytest.mark.kernel
@@ -74,10 +67,10 @@ def test_in_cluster_it_reaches_the_api_by_its_real_address(tmp_path: Path) -> No
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, env=env, stderr=out, stdout=subprocess.DEVNULL)
         try:
-            wait_for(lambda: "10.96.0.1 . tcp . 443" in in_kernel(lab), timeout=30)
+            wait_for(lambda: "10.96.0.1 . tcp . 443" in service_ips(lab.node), timeout=30)
             api.apply(service("web", clusterIP="172.30.0.10"))  # and the watches work
             api.apply(slice_("web", endpoint("10.1.0.1")))
-            wait_for(lambda: "172.30.0.10 . tcp . 80" in in_kernel(lab), timeout=30)
+            wait_for(lambda: "172.30.0.10 . tcp . 80" in service_ips(lab.node), timeout=30)
             assert api.unauthorized == 0
             assert proc.poll() is None
         except AssertionError:
@@ -129,14 +122,14 @@ def test_a_rotated_token_file_is_read_again(tmp_path: Path) -> None:
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, stderr=out, stdout=subprocess.DEVNULL)
         try:
-            wait_for(lambda: "172.30.0.10 . tcp . 80" in in_kernel(lab), timeout=30)
+            wait_for(lambda: "172.30.0.10 . tcp . 80" in service_ips(lab.node), timeout=30)
             rotated = account / "token.new"
             rotated.write_text("second")
             rotated.rename(account / "token")  # atomically, as kubelet swaps it
             api.token = "second"
             api.drop_watches()  # every watch comes back, with whatever token it has
             serve(api, "db", "172.30.0.20", "10.1.0.2")
-            wait_for(lambda: "172.30.0.20 . tcp . 80" in in_kernel(lab), timeout=30)
+            wait_for(lambda: "172.30.0.20 . tcp . 80" in service_ips(lab.node), timeout=30)
             assert api.unauthorized == 0, log.read_text()[-2000:]
         finally:
             proc.terminate()

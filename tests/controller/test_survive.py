@@ -26,6 +26,7 @@ from helpers import (
     free_port,
     node_rules,
     serve,
+    service_ips,
     wait_for,
 )
 
@@ -54,10 +55,7 @@ def status(port: int, path: str, timeout: float = 2.0) -> int:
 
 
 def in_kernel(lab: Lab, text: str) -> bool:
-    try:
-        return text in in_ns(lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips")
-    except RuntimeError:  # no table yet
-        return False
+    return text in service_ips(lab.node)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from helpers import (
     node_rules,
     self_signed,
     serve,
+    service_ips,
     wait_for,
 )
 from imagerun import Image, container
@@ -143,10 +144,10 @@ def test_run_syncs_from_the_api_server_and_stops_on_sigterm(image: Image, lab: L
             *("nftproxy", "run", f"--master={api.url}", "--hostname-override=node-a"),
             *("--node-ip=192.168.0.2", "--healthz-bind-address=127.0.0.1:10256"),
         )
-        _run_until(cmd, lambda: "172.30.0.10 . tcp . 80" in _service_ips(lab))
+        _run_until(cmd, lambda: "172.30.0.10 . tcp . 80" in service_ips(lab.node))
     finally:
         api.stop()
-    assert "172.30.0.10 . tcp . 80" in _service_ips(lab)  # the tables stay
+    assert "172.30.0.10 . tcp . 80" in service_ips(lab.node)  # the tables stay
 
 
 def _run_until(cmd: list[str], *conditions: Callable[[], bool]) -> None:
@@ -164,13 +165,6 @@ def _run_until(cmd: list[str], *conditions: Callable[[], bool]) -> None:
         _, err = proc.communicate(timeout=20)
     assert met, err[-3000:]
     assert proc.returncode == 0, err[-2000:]
-
-
-def _service_ips(lab: Lab) -> str:
-    try:
-        return in_ns(lab.node, "nft", "list", "map", "ip", "nftproxy", "service-ips")
-    except RuntimeError:
-        return ""
 
 
 TOKEN = "kube-proxy-service-account-token"
@@ -211,7 +205,7 @@ def test_kubeadms_kube_proxy_pod_runs_it_with_only_the_image_changed(
         )
         _run_until(
             cmd,
-            lambda: "172.30.0.10 . tcp . 80" in _service_ips(lab),
+            lambda: "172.30.0.10 . tcp . 80" in service_ips(lab.node),
             lambda: "KUBE-SVC-" not in _iptables(lab),
         )
     finally:
