@@ -176,6 +176,14 @@ COMMIT
 LOCALNET = {"4": "! -s 127.0.0.0/8 -d 127.0.0.0/8", "6": "! -s ::1/128 -d ::1/128"}
 
 
+IPV4_BACKENDS = ("iptables-nft", "iptables-legacy")
+
+
+def iptables_saved(netns: str) -> str:
+    """iptables-save of both IPv4 backends in netns."""
+    return "".join(in_ns(netns, f"{tool}-save") for tool in IPV4_BACKENDS)
+
+
 def node_rules(tool: str) -> str:
     """kubelet's and kube-proxy's chains for iptables-restore (tool names the
     family); kubelet's martian-packet drop guards only the loopback addresses."""

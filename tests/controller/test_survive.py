@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 from helpers import (
+    IPV4_BACKENDS,
     free_port,
+    iptables_saved,
     node_rules,
     serve,
     service_ips,
@@ -132,10 +134,6 @@ def test_it_starts_without_the_api_server_and_syncs_when_it_comes() -> None:
         assert not [line for line in lines if "Traceback" in line]
 
 
-def _iptables(lab: Lab) -> str:
-    return "".join(in_ns(lab.node, f"{tool}-save") for tool in ("iptables-nft", "iptables-legacy"))
-
-
 @pytest.mark.kernel
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bool) -> None:
@@ -145,7 +143,7 @@ def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bo
     port = free_port()
     with Lab("takeover") as lab, FakeAPIServer() as api:
         serve(api, "web", "172.30.0.10", "10.1.0.1")
-        for tool in ("iptables-nft", "iptables-legacy"):
+        for tool in IPV4_BACKENDS:
             in_ns(
                 lab.node,
                 f"{tool}-restore",
@@ -161,7 +159,7 @@ def test_it_takes_the_node_over_from_kube_proxy_after_its_first_sync(dry_run: bo
                 wait_for(lambda: any("kube-proxy's rules removed" in line for line in lines))
             else:
                 time.sleep(1)
-            saved = _iptables(lab)
+            saved = iptables_saved(lab.node)
             assert proc.poll() is None, "".join(lines[-20:])
         assert ("KUBE-SVC-" in saved) is dry_run and ("KUBE-MARK-MASQ" in saved) is dry_run
         assert saved.count(":KUBE-FIREWALL") == 2 and saved.count(":KUBE-KUBELET-CANARY") == 6

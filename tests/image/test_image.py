@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import (
+    IPV4_BACKENDS,
+    iptables_saved,
     node_rules,
     self_signed,
     serve,
@@ -193,7 +195,7 @@ def test_kubeadms_kube_proxy_pod_runs_it_with_only_the_image_changed(
         kubeconfig.replace("https://control-plane.example:6443", api.url)
     )
     (configmap / "config.conf").write_text((KUBEADM / "kubeadm-config.conf").read_text())
-    for tool in ("iptables-nft", "iptables-legacy"):
+    for tool in IPV4_BACKENDS:
         in_ns(lab.node, f"{tool}-restore", "--noflush", stdin=node_rules(tool))
     try:
         cmd = image.command(
@@ -206,15 +208,11 @@ def test_kubeadms_kube_proxy_pod_runs_it_with_only_the_image_changed(
         _run_until(
             cmd,
             lambda: "172.30.0.10 . tcp . 80" in service_ips(lab.node),
-            lambda: "KUBE-SVC-" not in _iptables(lab),
+            lambda: "KUBE-SVC-" not in iptables_saved(lab.node),
         )
     finally:
         api.stop()
-    saved = _iptables(lab)
+    saved = iptables_saved(lab.node)
     assert "KUBE-SERVICES" not in saved and "KUBE-MARK-MASQ" not in saved
     assert saved.count(":KUBE-FIREWALL") == 2 and saved.count(":KUBE-KUBELET-CANARY") == 6
     assert api.unauthorized == 0
-
-
-def _iptables(lab: Lab) -> str:
-    return "".join(in_ns(lab.node, f"{tool}-save") for tool in ("iptables-nft", "iptables-legacy"))
