@@ -8,6 +8,8 @@ In a scratch network namespace, with N Services x M endpoints in the API server:
   last list arriving to the same moment;
 - one EndpointSlice change on the watch -> the kernel holding it (minSyncPeriod 0):
   median and p99 over --changes changes, one at a time;
+- a scrape of /metrics (it reads the per-Service counters from the kernel), and
+  the change latency again while something scrapes every 0.2 s;
 - the proxy as its own process (``nftproxy run``, so that it does not share an
   interpreter with the API server): peak RSS after the first full load, CPU used
   while idle for --idle seconds, and a burst of 1,000 changes sent within one
@@ -109,6 +111,48 @@ def changed(sl: dict[str, Any], n: int) -> dict[str, Any]:
     return new
 
 
+def change_latencies(
+    api: FakeAPIServer, proxy: Proxy, slices: list[dict[str, Any]], numbers: range
+) -> list[float]:
+    """Seconds from each change (one at a time) to the kernel holding it, sorted."""
+    latencies = []
+    for n in numbers:
+        before = proxy.loop.syncs
+        t0 = time.monotonic()
+        api.apply(changed(slices[n % len(slices)], n))
+        latencies.append(wait_synced(proxy, before) - t0)
+    return sorted(latencies)
+
+
+def scrapes(
+    api: FakeAPIServer, proxy: Proxy, slices: list[dict[str, Any]], changes: int
+) -> dict[str, Any]:
+    """What a scrape of /metrics costs (it reads the per-Service counters from the
+    kernel), and the change latency while something scrapes every 0.2 s."""
+    took = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        proxy.metrics.exposition()
+        took.append(time.monotonic() - t0)
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(0.2):
+            proxy.metrics.exposition()
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        latencies = change_latencies(api, proxy, slices, range(changes, changes + changes // 2))
+    finally:
+        stop.set()
+        scraper.join()
+    return {
+        "scrape /metrics median of 5 (ms)": round(statistics.median(took) * 1000, 1),
+        "change -> kernel median, scraped (ms)": round(statistics.median(latencies) * 1000, 1),
+    }
+
+
 def in_process(services: int, endpoints: int, changes: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Lab("bench") as lab, FakeAPIServer(history=100_000) as api:
@@ -126,17 +170,12 @@ def in_process(services: int, endpoints: int, changes: int) -> dict[str, Any]:
             end = wait_synced(proxy, 0, timeout=300)
             out["cold start (s)"] = round(end - start, 2)
             out["lists done -> programmed (s)"] = round(end - listed, 2)
-            latencies = []
-            for n in range(changes):
-                before = proxy.loop.syncs
-                t0 = time.monotonic()
-                api.apply(changed(slices[n % len(slices)], n))
-                latencies.append(wait_synced(proxy, before) - t0)
-            latencies.sort()
+            latencies = change_latencies(api, proxy, slices, range(changes))
             out["change -> kernel median (ms)"] = round(statistics.median(latencies) * 1000, 1)
             out["change -> kernel p99 (ms)"] = round(
                 latencies[int(len(latencies) * 0.99) - 1] * 1000, 1
             )
+            out.update(scrapes(api, proxy, slices, changes))
         finally:
             proxy.close()
             proxy.loop.wake.set()

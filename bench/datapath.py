@@ -1,19 +1,22 @@
 """First-packet cost through the rendered ruleset at 10 and at 30,000 Services.
 
-    python bench/datapath.py [--services 10,30000] [--connects 2000]
+    python bench/datapath.py [--services 10,30000] [--connects 2000] [--counters on,off]
 
 A client, a node and a server namespace; the node holds nftproxy's ruleset for
 N ClusterIP Services (one endpoint each, on the server). The client opens
 --connects new TCP connections to one Service's ClusterIP; each connect() is
 timed (SYN out, DNAT, SYN-ACK back). The sizes are measured in turns, ten rounds,
-so that the machine's drift falls on all alike. Prints p50 and p99 per size and the
-ratio of the largest to the smallest size's p50 (goal: at most 1.15). Needs root.
+so that the machine's drift falls on all alike; each size with the per-Service
+counters on and off (--counters). Prints p50 and p99 per size, the ratio of the
+largest to the smallest size's p50 with counters on (goal: at most 1.2), and what
+counting costs at each size (on/off). Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 import statistics
@@ -87,12 +90,18 @@ def connect_times(ns: str, dst: str, count: int) -> list[float]:
     return out
 
 
-def _lab(services: int, stack: contextlib.ExitStack) -> tuple[str, str]:
+Size = tuple[int, bool]
+"""(Services, counters on)."""
+
+
+def _lab(size: Size, stack: contextlib.ExitStack) -> tuple[str, str]:
     """A lab holding N Services; returns the client namespace and the target ClusterIP."""
+    services, counting = size
     loaded = Loaded()
     load_objects(iter(objects(services)), "bench", loaded)
-    script = render_script(build(compute_state(loaded.objects, NODE)), names.TABLE)
-    lab = stack.enter_context(Lab(f"dp{services}"))
+    node = dataclasses.replace(NODE, service_counters=counting)
+    script = render_script(build(compute_state(loaded.objects, node)), names.TABLE)
+    lab = stack.enter_context(Lab(f"dp{services}{'c' if counting else 'n'}"))
     lab.add_node_ip(ipaddress.ip_address(NODE_IP))
     client = lab.add_host(ipaddress.ip_address(CLIENT))
     lab.add_host(ipaddress.ip_address(SERVER))
@@ -101,10 +110,10 @@ def _lab(services: int, stack: contextlib.ExitStack) -> tuple[str, str]:
     return client, cluster_ip(services - 1)  # the last one added
 
 
-def measure(sizes: list[int], connects: int, rounds: int = 10) -> dict[int, list[float]]:
+def measure(sizes: list[Size], connects: int, rounds: int = 10) -> dict[Size, list[float]]:
     """Connect times per size, the sizes measured in turns so that the machine's
     drift over time falls on all of them alike."""
-    times: dict[int, list[float]] = {n: [] for n in sizes}
+    times: dict[Size, list[float]] = {n: [] for n in sizes}
     with contextlib.ExitStack() as stack:
         labs = {n: _lab(n, stack) for n in sizes}
         for client, target in labs.values():
@@ -121,16 +130,25 @@ def main() -> int:
     )
     parser.add_argument("--services", default="10,30000")
     parser.add_argument("--connects", type=int, default=2000)
+    parser.add_argument("--counters", default="on,off", help="on, off or both")
     args = parser.parse_args()
-    sizes = [int(x) for x in args.services.split(",")]
-    times = measure(sizes, args.connects)
-    print(f"{'services':>8} {'p50 us':>8} {'p99 us':>8}")
+    counts = [int(x) for x in args.services.split(",")]
+    modes = [m == "on" for m in args.counters.split(",")]
+    times = measure([(n, c) for n in counts for c in modes], args.connects)
+    print(f"{'services':>8} {'counters':>8} {'p50 us':>8} {'p99 us':>8}")
     p50s = {}
-    for n in sizes:
-        ordered = sorted(times[n])
-        p50s[n] = statistics.median(ordered)
-        print(f"{n:>8} {p50s[n]:>8.1f} {ordered[int(len(ordered) * 0.99)]:>8.1f}")
-    print(f"p50 ratio {max(sizes)}/{min(sizes)}: {p50s[max(sizes)] / p50s[min(sizes)]:.3f}")
+    for (n, c), got in times.items():
+        ordered = sorted(got)
+        p50s[(n, c)] = statistics.median(ordered)
+        p99 = ordered[int(len(ordered) * 0.99)]
+        print(f"{n:>8} {'on' if c else 'off':>8} {p50s[(n, c)]:>8.1f} {p99:>8.1f}")
+    big, small = max(counts), min(counts)
+    for c in modes:
+        ratio = p50s[(big, c)] / p50s[(small, c)]
+        print(f"p50 ratio {big}/{small}, counters {'on' if c else 'off'}: {ratio:.3f}")
+    if set(modes) == {True, False}:
+        for n in counts:
+            print(f"p50 on/off at {n}: {p50s[(n, True)] / p50s[(n, False)]:.3f}")
     return 0
 
 

@@ -3,6 +3,7 @@ real kernel in network namespaces, and real TCP through the rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -18,11 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import endpoint, free_port, service, slice_, wait_for
+from helpers import endpoint, free_port, serve, service, slice_, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from nftproxy.controller.proxy import Proxy, start_proxy
@@ -512,3 +514,78 @@ def _affinity_ids_or_none(r: Running) -> dict[str, str] | None:
         return _affinity_ids(r)
     except (ValueError, RuntimeError):  # no table yet, or no affinity set in it
         return None
+
+
+def _connections(r: Running, metric: str, **labels: str) -> float | None:
+    """One per-Service series as a scrape of /metrics shows it (None: absent)."""
+    assert r.proxy.metrics_port is not None
+    text = r.get(r.proxy.metrics_port, "/metrics")[2].decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == f"{metric}_total" and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+@pytest.mark.kernel
+def test_connections_per_service_port_from_the_kernels_counters(running: Running) -> None:
+    """30 connections to a Service show as 30 on its series; a change of its endpoint
+    count (a new verdict in service-ips) keeps the count; connections refused for
+    want of endpoints are counted apart; a deleted Service takes its series."""
+    r = running
+    r.api.apply(
+        service("web", "default", clusterIP="172.30.0.30", ports=[{"name": "http", "port": 80}])
+    )
+    web_slice = partial(slice_, "web", ns="default", ports=[{"name": "http", "port": 8080}])
+    r.api.apply(web_slice(endpoint(ENDPOINTS[1])))
+    web = {"namespace": "default", "service": "web", "port": "http", "protocol": "TCP"}
+    wait_for(lambda: r.reach("172.30.0.30", 80) == {ENDPOINTS[1]})
+    scraped = _connections(r, "nftproxy_service_new_connections", **web)  # from here on, gains
+    assert r.reach("172.30.0.30", 80, tries=29) == {ENDPOINTS[1]}
+    assert _connections(r, "nftproxy_service_new_connections", **web) == 30
+    assert scraped == 1
+    synced = r.proxy.loop.syncs
+    r.api.apply(web_slice(endpoint(ENDPOINTS[1]), endpoint(ENDPOINTS[2])))
+    wait_for(lambda: r.proxy.loop.syncs > synced)
+    assert r.reach("172.30.0.30", 80, tries=10) <= {ENDPOINTS[1], ENDPOINTS[2]}
+    assert _connections(r, "nftproxy_service_new_connections", **web) == 40
+    # No endpoints: refused, and counted as such.
+    r.api.apply(web_slice())
+    wait_for(lambda: r.reach("172.30.0.30", 80) == {REJECT})
+    assert r.reach("172.30.0.30", 80, tries=4) == {REJECT}
+    assert _connections(r, "nftproxy_service_rejected_connections", **web) == 5
+    assert _connections(r, "nftproxy_service_new_connections", **web) == 40
+    # The other Service's series is its own.
+    other = {"namespace": "ns", "service": "svc", "port": "p", "protocol": "TCP"}
+    assert r.reach("172.30.0.10", 80, tries=3) == {ENDPOINTS[0]}
+    assert _connections(r, "nftproxy_service_new_connections", **other) == 3
+    r.api.delete("Service", "default", "web")
+    wait_for(lambda: _connections(r, "nftproxy_service_rejected_connections", **web) is None)
+    assert _connections(r, "nftproxy_service_new_connections", **web) is None
+
+
+@pytest.mark.kernel
+def test_service_counters_can_be_turned_off() -> None:
+    """--service-counters=false: no counting set, no counter on a map, no series."""
+    with Lab("nocount") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        api.apply(node(NODE_IPS[0]))
+        serve(api, "svc", "172.30.0.10", ENDPOINTS[0])
+        settings = dataclasses.replace(settings_for(api), service_counters=False)
+        proxy = start_proxy(settings, Libnftables(lab.node), netns=lab.node)
+        thread = threading.Thread(target=proxy.loop.run, args=(proxy.stop, proxy.ready))
+        thread.start()
+        try:
+            wait_for(lambda: proxy.loop.syncs >= 1)
+            table = in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
+            assert names.SERVICE_COUNTERS not in table
+            assert "counter" not in table
+            assert proxy.metrics_port is not None
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5
+            ) as got:
+                assert b"nftproxy_service_new_connections" not in got.read()
+        finally:
+            proxy.close()
+            proxy.loop.wake.set()
+            thread.join(timeout=10)

@@ -80,6 +80,7 @@ VALUE_SETS = {
         "config.syncPeriod=1m0s",
         "config.conntrack.maxPerCore=0",
         "hostPorts=false",
+        "serviceCounters=false",
         "serviceCIDR=10.96.0.0/12",
         "loadModules=true",
     ),
@@ -87,7 +88,11 @@ VALUE_SETS = {
         "config.detectLocalMode=InterfaceNamePrefix",
         "config.detectLocal.interfaceNamePrefix=veth",
     ),
-    "kubeadm's config file": (f"file:configFile={KUBEADM_CONFIG}", "hostPorts=false"),
+    "kubeadm's config file": (
+        f"file:configFile={KUBEADM_CONFIG}",
+        "hostPorts=false",
+        "serviceCounters=false",
+    ),
     "unprivileged": ("privileged=false", "loadModules=true"),
     "kube-proxy compatible": ("kubeProxyCompat=true", "serviceMonitor.enabled=true"),
     "dashboard": ("dashboard.enabled=true", "dashboard.namespace=monitoring"),
@@ -350,12 +355,14 @@ def test_run_accepts_the_config_and_the_args(
     if name == "custom config":
         assert '"detect_local_mode": "NodeCIDR"' in printed
         assert '"masquerade_all": true' in printed and '"host_ports": false' in printed
+        assert '"service_counters": false' in printed
         assert '"sync_period": 60.0' in printed and "10.96.0.0/12" in printed
     if name == "interface detector":
         assert '"pod_interface": "veth*"' in printed
     if name == "kubeadm's config file":  # kubeadm's zeros are defaults; the chart's flags win
         assert '"cluster_cidr": [\n    "10.244.0.0/16"\n  ]' in printed
         assert '"sync_period": 30.0' in printed and '"host_ports": false' in printed
+        assert '"service_counters": false' in printed
 
 
 def test_the_rendered_manifest_is_current() -> None:

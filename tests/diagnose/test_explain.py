@@ -17,6 +17,7 @@ from helpers import NODE_FLAGS, endpoint, service, slice_
 from nftproxy.cli.main import main
 from nftproxy.diagnose.explain import DNAT, Explainer, Outcome, summary
 from nftproxy.lab.netns import Lab
+from nftproxy.lab.probe import Reached, connect
 from nftproxy.lab.scenario import Case, Scenario, load_scenario, split_endpoint
 from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Family
@@ -110,16 +111,28 @@ def test_the_command_explains_the_kernel_and_manifests(
     from_files = json.loads(capsys.readouterr().out)
     assert from_files["verdict"] == "dnat" and from_files["service"] == "ns/svc/tcp/p"
     assert [e["probability"] for e in from_files["endpoints"]] == [0.5, 0.5]
+    assert from_files["counters"] is None  # manifests count nothing
     with Lab("explaincli") as lab:
+        client = lab.add_host(ipaddress.ip_address("10.0.0.5"))
+        for ip in ("10.1.0.1", "10.1.0.2"):
+            lab.add_host(ipaddress.ip_address(ip))
+        lab.start_responders([8080])
         assert (
             main(
                 ["apply", "-f", str(manifest), *NODE_FLAGS, "--netns", lab.node, "--checkpoint", ""]
             )
             == 0
         )
+        for _ in range(3):
+            assert isinstance(connect(client, "172.30.0.10", 80, "tcp", timeout=2), Reached)
         capsys.readouterr()
         assert main(["explain", "--kernel", "--netns", lab.node, *NODE_FLAGS, *conn]) == 0
-        assert json.loads(capsys.readouterr().out) == from_files
+        counted = {"new": 3, "rejected": 0}
+        assert json.loads(capsys.readouterr().out) == {**from_files, "counters": counted}
+        assert main(["explain", "--kernel", "--netns", lab.node, *NODE_FLAGS, *conn[:-1]]) == 0
+        assert "ns/svc/tcp/p (ip, every entry): 3 new connections, 0 refused" in (
+            capsys.readouterr().out
+        )
         assert (
             main(
                 [

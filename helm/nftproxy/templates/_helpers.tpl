@@ -140,10 +140,11 @@ The arguments of `nftproxy run` both containers share (the init container adds
 - --hostname-override=$(NODE_NAME)
 - --drift-check-period={{ .Values.driftCheckPeriod }}
 {{- if .Values.configFile }}
-{{- /* kubeadm's file as it is: the chart's addresses and hostPorts as flags, which win */}}
+{{- /* kubeadm's file as it is: the chart's addresses, hostPorts and serviceCounters as flags, which win */}}
 - --healthz-bind-address={{ include "nftproxy.healthzBind" . }}
 - --metrics-bind-address={{ include "nftproxy.metricsBind" . }}
 - --host-ports={{ .Values.hostPorts }}
+- --service-counters={{ .Values.serviceCounters }}
 {{- else if .Values.kubeProxyCompat }}
 - --metrics-bind-address={{ include "nftproxy.metricsBind" . }}
 {{- end }}

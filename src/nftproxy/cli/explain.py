@@ -12,7 +12,7 @@ from nftproxy.cli.flags import (
 )
 from nftproxy.diagnose.describe import describe
 from nftproxy.diagnose.explain import Explainer, summary
-from nftproxy.nft.kernel import Libnftables
+from nftproxy.nft.kernel import Counters, Libnftables
 from nftproxy.nft.model import Family, Table
 from nftproxy.ruleset import names
 from nftproxy.ruleset.pipeline import desired, nothing_usable
@@ -54,8 +54,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if table is None:
         raise ConfigError(f"no table {family.value} {names.TABLE} to explain")
     outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto, args.iif)
+    answer = summary(outcomes)
+    counted = None
+    counting = any(s.name == names.SERVICE_COUNTERS for s in table.sets)
+    if args.kernel and counting and isinstance(answer["service"], str):
+        counted = counters(getattr(args, "netns", None), family, answer["service"])
     if args.json:
-        print(json.dumps(summary(outcomes), indent=2))
+        print(json.dumps({**answer, "counters": counted}, indent=2))
     else:
         sys.stdout.write(describe(outcomes, src, str(dst), args.port, args.proto))
+        if counted is not None:
+            print(
+                f"counted by the kernel for {answer['service']} ({family.value}, every entry):"
+                f" {counted['new']} new connections, {counted['rejected']} refused"
+            )
     return 0
+
+
+def counters(netns: str | None, family: Family, comment: str) -> dict[str, int]:
+    """What a Service port's entries counted, read from the kernel."""
+    reader = Counters(netns)
+    try:
+        new = reader.read(family, names.TABLE, names.SERVICE_COUNTERS)
+        rejected = reader.read(family, names.TABLE, names.NO_ENDPOINT_SERVICES)
+    finally:
+        reader.close()
+    return {
+        "new": sum(c.packets for c in new if c.comment == comment),
+        "rejected": sum(c.packets for c in rejected if c.comment == comment),
+    }

@@ -165,6 +165,11 @@ NODE_FLAGS = (
         "host_ports",
         "program Pods' hostPorts (default true; false when the CNI portmap plugin publishes them)",
     ),
+    _bool_flag(
+        "--service-counters",
+        "service_counters",
+        "count each Service port's new and rejected connections in the kernel (default true)",
+    ),
 )
 """The flags every command that builds a ruleset takes."""
 

@@ -56,6 +56,8 @@ from nftproxy.sync.plan import Summary
 WAIT_SLICE = 0.5
 """The longest the loop waits at once (seconds): how soon it sees SIGTERM."""
 FULL_CHECK_EVERY = 10
+TRIES_WHILE_CHANGING = 5
+"""How often another thread copies what a sync is changing before it gives up."""
 """Every this many drift checks read the kernel even when its generation has not moved."""
 
 
@@ -304,6 +306,20 @@ class Loop:
         held = present({f: idx.has_ports() for f, idx in index.items()})
         tables = tuple(index[f].table() for f in FAMILIES if held[f])
         return Ruleset(tables, tuple(f for f in FAMILIES if not held[f]))
+
+    def owners(self, kind: str) -> frozenset[tuple[str, str]] | None:
+        """``(namespace, name)`` of the owners of a kind (``Service``, ``Pod``) the
+        last sync programmed; None before the first. Safe from any thread."""
+        index = self.index
+        if index is None:
+            return None
+        for _ in range(TRIES_WHILE_CHANGING):
+            try:
+                held = [frozenset(idx.fragments) for idx in index.values()]
+            except RuntimeError:  # the loop committed meanwhile: dictionary changed size
+                continue
+            return frozenset((ns, name) for f in held for k, ns, name in f if k == kind)
+        return None
 
     @property
     def applied(self) -> dict[Family, Table | None] | None:

@@ -19,6 +19,7 @@ from nftproxy.controller.loop import Loop, Timing
 from nftproxy.controller.serve.health import ProxyHealth, ServiceHealthServers
 from nftproxy.controller.serve.http import HttpServers, Response
 from nftproxy.controller.serve.metrics import Metrics
+from nftproxy.controller.serve.traffic import LONG, Services, ServiceTraffic
 from nftproxy.k8s.cache import Cache
 from nftproxy.k8s.client import (
     DEFAULT_BURST,
@@ -31,7 +32,7 @@ from nftproxy.k8s.client import (
 from nftproxy.k8s.events import EventRecorder, Regarding
 from nftproxy.k8s.reflector import Reflector
 from nftproxy.k8s.restmetrics import instrument
-from nftproxy.nft.kernel import Kernel
+from nftproxy.nft.kernel import Counters, Kernel
 from nftproxy.settings import Settings
 from nftproxy.settings.node import ConfigError, node_config
 
@@ -124,12 +125,27 @@ def build_proxy(
     def counted(kind: str, reason: str) -> None:
         metrics.watch_errors.labels(resource=kind, reason=reason).inc()
 
+    if not dry_run and base.service_counters:
+        _count_traffic(loop, metrics, netns)
     reflectors = [Reflector(w, loop.cache, stop, on_error=counted) for w in what]
     health.in_sync += [r.in_sync for r in reflectors]
     proxy = Proxy(loop, loop.cache, reflectors, servers, health, metrics, stop)
     if not dry_run:  # shadow mode tells nobody anything
         proxy.events = _record_events(loop, api, base.name)
     return proxy
+
+
+def _count_traffic(loop: Loop, metrics: Metrics, netns: str | None) -> None:
+    """Per-Service connection counts on /metrics, read from the kernel at each scrape."""
+    counters = Counters(netns)
+
+    def programmed() -> Services | None:
+        owners = loop.owners("Service")
+        if owners is None:
+            return None
+        return Services(owners, frozenset(o for o in owners if len(o[0]) + len(o[1]) > LONG))
+
+    metrics.registry.register(ServiceTraffic(counters.read, programmed))
 
 
 def _record_events(loop: Loop, api: object, node_name: str) -> EventRecorder:

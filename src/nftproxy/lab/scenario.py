@@ -108,6 +108,7 @@ def load_scenario(path: Path) -> Scenario:
         nodeport_addresses=tuple(n.get("nodePortAddresses") or ()),
         masquerade_all=bool(n.get("masqueradeAll")),
         host_ports=bool(n.get("hostPorts", True)),
+        service_counters=bool(n.get("serviceCounters", True)),
         zone=n.get("zone"),
     )
     objects = Loaded()

@@ -16,6 +16,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
@@ -27,7 +28,7 @@ import orjson
 from nftproxy.nft.conntrack import StalePlan, delete_stale
 from nftproxy.nft.errors import NetlinkError, NoSuchNetnsError
 from nftproxy.nft.model import Family, Set, Table
-from nftproxy.nft.read import TableReader, generation, table_names
+from nftproxy.nft.read import Counted, TableReader, element_counters, generation, table_names
 from nftproxy.nft.stages import STAGE_ELEMENTS, ElementStage, Stage, load_stages
 from nftproxy.nft.transaction import Batch
 from nftproxy.nft.wire import Message, Socket
@@ -289,3 +290,22 @@ class Libnftables:
     def generation(self) -> int:
         """The ruleset generation, read over netlink."""
         return generation(self._sock)
+
+
+class Counters:
+    """Element counters, read on a netlink socket of its own (opened in ``netns``):
+    a scrape in the metrics server's thread never shares the sync's socket."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        with in_netns(netns):
+            self._sock = Socket()
+        self._lock = threading.Lock()
+
+    def read(self, family: Family, table: str, name: str) -> list[Counted]:
+        """The counters of a set's elements (none when it is absent or counts nothing)."""
+        with self._lock:
+            return element_counters(self._sock, family, table, name)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()

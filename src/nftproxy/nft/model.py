@@ -279,6 +279,9 @@ class Set:
     comment: str | None = None
     size: int | None = None
     """The most elements a dynamic set may hold (nft's default: 65,535)."""
+    counter: bool = False
+    """Each element counts the packets that match it (nft's ``counter`` in the
+    declaration; the kernel gives every element added its own counter)."""
 
     @property
     def is_map(self) -> bool:

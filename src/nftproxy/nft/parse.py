@@ -214,6 +214,7 @@ def parse_set(body: dict[str, Any]) -> Set:
         elements=tuple(_element(e) for e in body.get("elem") or ()),
         comment=body.get("comment"),
         size=body.get("size") if dynamic else None,
+        counter=any("counter" in stmt for stmt in body.get("stmt") or ()),
     )
 
 

@@ -59,9 +59,12 @@ CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE, CHAIN_USERDATA = 
 HOOK_NUM, HOOK_PRIORITY = 1, 2
 SET_TABLE, SET_NAME, SET_FLAGS, SET_KEY_TYPE, SET_KEY_LEN = 1, 2, 3, 4, 5
 SET_DATA_TYPE, SET_DATA_LEN, SET_DESC, SET_TIMEOUT, SET_USERDATA = 6, 7, 9, 11, 13
+SET_EXPR, SET_EXPRESSIONS = 17, 18
 SET_DESC_SIZE = 1
 ELEM_LIST_TABLE, ELEM_LIST_SET, ELEM_LIST_ELEMENTS = 1, 2, 3
-ELEM_KEY, ELEM_DATA, ELEM_FLAGS, ELEM_USERDATA, ELEM_KEY_END = 1, 2, 3, 6, 10
+ELEM_KEY, ELEM_DATA, ELEM_FLAGS, ELEM_USERDATA, ELEM_EXPR, ELEM_KEY_END = 1, 2, 3, 6, 7, 10
+ELEM_EXPRESSIONS = 11
+COUNTER_PACKETS = 2
 RULE_TABLE, RULE_CHAIN, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 4, 7
 EXPR_NAME, EXPR_DATA = 1, 2
 GEN_ID = 1
@@ -232,6 +235,7 @@ class TableReader:
             # nft sizes a set it fills at creation by its elements; only a dynamic
             # set's size is a limit nftproxy declares.
             size=_desc_size(a) if dynamic else None,
+            counter="counter" in _expression_names(a, SET_EXPR, SET_EXPRESSIONS),
         )
         return _SetInfo(
             definition, flags, be32(a[SET_KEY_LEN]), be32(a.get(SET_DATA_LEN, b"\0" * 4))
@@ -314,6 +318,18 @@ def _content(table: Table | None) -> object:
 def _expression(nest: bytes) -> tuple[str, dict[int, bytes]]:
     a = attributes(nest)
     return text(a[EXPR_NAME]), attributes(a.get(EXPR_DATA, b""))
+
+
+def _expressions(a: Attrs, one: int, many: int) -> list[tuple[str, dict[int, bytes]]]:
+    """A set's or an element's own expressions: the kernel sends one as ``one``,
+    more as a list in ``many``."""
+    if one in a:
+        return [_expression(a[one])]
+    return [_expression(nest) for nest in attribute_list(a.get(many, b""))]
+
+
+def _expression_names(a: Attrs, one: int, many: int) -> list[str]:
+    return [name for name, _ in _expressions(a, one, many)]
 
 
 def _base(a: Attrs) -> BaseHook | None:
@@ -455,6 +471,49 @@ def _ranges(info: _SetInfo, raw: list[Attrs]) -> Iterable[tuple[bytes, bytes, At
         if nxt is not None and is_end(nxt):
             last = int.from_bytes(_key(nxt), "big") - 1
         yield _key(a), last.to_bytes(width, "big"), a
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One element's counter: its key as the kernel holds it, its comment, and
+    the packets that matched it since it was added."""
+
+    key: bytes
+    comment: str | None
+    packets: int
+
+
+def element_counters(sock: Socket, family: Family, table: str, name: str) -> list[Counted]:
+    """The counters of a set's elements (none when the set or the table is absent,
+    or the set counts nothing). One dump, on the caller's socket; the keys are not
+    decoded."""
+    return _retrying()(_counters, sock, family, table, name)
+
+
+def _counters(sock: Socket, family: Family, table: str, name: str) -> list[Counted]:
+    request = {ELEM_LIST_TABLE: string(table), ELEM_LIST_SET: string(name)}
+    try:
+        bodies = sock.bodies(Message.GETSETELEM, FAMILIES[family], request)
+        found = [
+            Counted(data_value(a[ELEM_KEY]), _element_comment(a), packets)
+            for a in _element_attrs(bodies)
+            if (packets := _packets(a)) is not None
+        ]
+    except NetlinkError as err:
+        if err.errno == errno.ENOENT:
+            return []
+        raise
+    if len({c.key for c in found}) != len(found):
+        raise DumpInterruptedError  # across a rehash (see _repeats): read it again
+    return found
+
+
+def _packets(a: Attrs) -> int | None:
+    """The packets an element's counter holds (None: it has no counter)."""
+    for name, data in _expressions(a, ELEM_EXPR, ELEM_EXPRESSIONS):
+        if name == "counter":
+            return int.from_bytes(data[COUNTER_PACKETS], "big")
+    return None
 
 
 def table_names(sock: Socket, family: Family) -> set[str]:

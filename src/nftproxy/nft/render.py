@@ -210,6 +210,8 @@ def _render_set(s: Set, family: Family) -> Iterator[str]:
         yield f"\t\tflags {','.join(flags)}"
     if s.timeout is not None:
         yield f"\t\ttimeout {s.timeout}s"
+    if s.counter:
+        yield "\t\tcounter"
     if s.comment:
         yield f"\t\tcomment {quoted(s.comment)}"
     if s.elements:

@@ -112,6 +112,13 @@ SETS = (
         False,
         "Service entries without usable endpoints: reject or drop",
     ),
+    (
+        names.SERVICE_COUNTERS,
+        TUPLE_TYPE,
+        (),
+        False,
+        "Service entries with endpoints: each element counts their new connections",
+    ),
     (names.CLUSTER_IPS, (DataType.ADDR,), (), False, "ClusterIPs of all Services"),
     (
         names.POD_CIDRS,
@@ -143,6 +150,9 @@ SETS = (
         "endpoint to itself: a pod reaching itself through its Service",
     ),
 )
+COUNTED = frozenset((names.SERVICE_COUNTERS, names.NO_ENDPOINT_SERVICES))
+"""The sets whose elements count packets (when the node counts): new connections per
+Service entry, and those refused for want of endpoints."""
 
 
 def _goto(chain: str) -> Verdict:
@@ -380,6 +390,8 @@ class _TableBuilder:
         target, fallback = (self.external_entry if entry.external else self.internal_entry)(sp, key)
         if target is not None:
             self.element(names.SERVICE_IPS, key, ("goto", target), comment)
+            if self.node.service_counters:
+                self.element(names.SERVICE_COUNTERS, key, None, comment)
         if fallback is not None:
             self.element(names.NO_ENDPOINT_SERVICES, key, fallback, comment)
         if entry.kind == EntryKind.LOAD_BALANCER and sp.source_ranges:
@@ -444,7 +456,13 @@ class _TableBuilder:
             (Reject(),),
             comment="refuse connections to Services without endpoints",
         )
-        self.chain(names.SERVICES, (VMap(TUPLE, names.SERVICE_IPS),))
+        counting: tuple[tuple[Term, ...], ...] = ()
+        if self.node.service_counters:
+            # A lookup that only counts: the entry's element in service-ips is made anew
+            # whenever its verdict changes (a new endpoint count), which would reset a
+            # counter there; this set's elements live as long as the entry has endpoints.
+            counting = ((Match(TUPLE, SetRef(names.SERVICE_COUNTERS)),),)
+        self.chain(names.SERVICES, *counting, (VMap(TUPLE, names.SERVICE_IPS),))
         self.chain(names.ENDPOINTS_CHECK, (VMap(TUPLE, names.NO_ENDPOINT_SERVICES),))
         self.chain(
             names.FIREWALL_CHECK,
@@ -478,6 +496,7 @@ class _TableBuilder:
 
     def sets(self) -> list[Set]:
         self.elements[names.POD_CIDRS] = [Element((cidr_text(c),)) for c in self.node.pod_cidrs]
+        counting = self.node.service_counters
         fixed = [
             Set(
                 name,
@@ -487,8 +506,10 @@ class _TableBuilder:
                 comment=comment,
                 # Several ports of a Service share a ClusterIP and endpoints: one element each.
                 elements=unique(self.elements.get(name, ())),
+                counter=counting and name in COUNTED,
             )
             for name, key, value, interval, comment in SETS
+            if counting or name != names.SERVICE_COUNTERS
         ]
         return fixed + sorted(self.port_sets.values(), key=lambda s: s.name)
 

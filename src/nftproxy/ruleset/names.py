@@ -29,6 +29,7 @@ CLUSTER_IPS_CHECK = "cluster-ips-check"
 
 SERVICE_IPS = "service-ips"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
+SERVICE_COUNTERS = "service-counters"
 BACKENDS = "backends"
 LOCAL_BACKENDS = "local-backends"
 CLUSTER_IPS = "cluster-ips"

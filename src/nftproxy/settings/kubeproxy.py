@@ -60,6 +60,7 @@ TOP = {
     "featureGates",
     "logging",
     "hostPorts",  # nftproxy's own
+    "serviceCounters",  # nftproxy's own
     *IGNORED,
 }
 CONNTRACK = {
@@ -199,6 +200,7 @@ class _Reader:
         for key, name in (
             ("bindAddressHardFail", "bind_address_hard_fail"),
             ("hostPorts", "host_ports"),
+            ("serviceCounters", "service_counters"),
         ):
             if self.doc.get(key) is not None:
                 self.put(name, self.boolean(self.doc[key], key), key)
@@ -363,6 +365,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "featureGates": dict(settings.feature_gates),
         "healthzBindAddress": settings.healthz_bind_address,
         "hostPorts": settings.host_ports,
+        "serviceCounters": settings.service_counters,
         "hostnameOverride": settings.hostname_override or "",
         "iptables": {**periods, "localhostNodePorts": None},
         "logging": {"format": settings.log_format, "verbosity": settings.log_verbosity},

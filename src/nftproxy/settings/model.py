@@ -46,6 +46,8 @@ class Settings:
     pod_interface_name_prefix: str | None = None
     host_ports: bool = True
     """nftproxy's: program Pods' hostPorts (off when the CNI portmap plugin does)."""
+    service_counters: bool = True
+    """nftproxy's: count each Service port's new and rejected connections in the kernel."""
     kubeconfig: str | None = None
     master: str | None = None
     qps: float = 5.0

@@ -40,6 +40,8 @@ class NodeConfig:
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     host_ports: bool = True
     """Program Pods' hostPorts (off when the CNI ``portmap`` plugin does it)."""
+    service_counters: bool = True
+    """Count each Service entry's new and rejected connections in the kernel."""
     zone: str | None = None
     """The node's ``topology.kubernetes.io/zone`` label, for topology hints."""
     pod_interface: str | None = None
@@ -60,6 +62,7 @@ class NodeConfig:
             masquerade_all=self.masquerade_all,
             masquerade_mark=1 << self.masquerade_bit,
             pod_interface=self.pod_interface,
+            service_counters=self.service_counters,
         )
 
 
@@ -76,6 +79,7 @@ class FamilyNode:
     masquerade_all: bool
     masquerade_mark: int = field(default=1 << DEFAULT_MASQUERADE_BIT)
     pod_interface: str | None = None
+    service_counters: bool = True
 
 
 def _nodeport_ips(selectors: tuple[str, ...], ips: tuple[Addr, ...]) -> tuple[Addr, ...]:
@@ -147,6 +151,7 @@ def node_config(settings: Settings, netns: str | None = None) -> NodeConfig:
         masquerade_all=settings.masquerade_all,
         masquerade_bit=settings.masquerade_bit,
         host_ports=settings.host_ports,
+        service_counters=settings.service_counters,
     )
 
 
