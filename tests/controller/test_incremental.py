@@ -24,7 +24,7 @@ from nftproxy.k8s.manifests import Loaded, load_objects
 from nftproxy.lab.netns import Lab, in_ns
 from nftproxy.nft.fake import MemoryKernel
 from nftproxy.nft.kernel import Kernel, Libnftables, NftError
-from nftproxy.nft.model import Family, Ruleset
+from nftproxy.nft.model import Family, Ruleset, Table
 from nftproxy.nft.transaction import Batch, DeleteSet
 from nftproxy.proxy.state import compute_state
 from nftproxy.ruleset.build import build
@@ -273,3 +273,37 @@ def test_the_drift_check_reads_the_kernel_only_after_a_foreign_change() -> None:
         for _ in range(FULL_CHECK_EVERY):
             assert loop.check_drift() == 0
         assert kernel.reads > 0  # every tenth check reads regardless
+
+
+class ReadCounting(MemoryKernel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read_table(self, family: Family, name: str, *, elements: bool = True) -> Table | None:
+        self.reads += 1
+        return super().read_table(family, name, elements=elements)
+
+
+def test_the_first_sync_plans_against_the_read_ahead_unless_the_kernel_moved() -> None:
+    """The kernel read while the lists arrive serves the first sync; when a commit
+    came in between (here: our table deleted by somebody), the sync reads again
+    instead of planning a difference against tables that are gone."""
+    docs = [service("a"), slice_("a", endpoint("10.3.0.1"))]
+    for moved in (False, True):
+        kernel = ReadCounting()
+        first = new_loop(kernel)
+        deliver(first.cache, docs)
+        assert first.sync_once()
+        restarted = new_loop(kernel)
+        restarted.read_ahead()
+        assert restarted._ahead is not None
+        restarted._ahead.result()  # the read is done
+        read_ahead = kernel.reads
+        if moved:
+            kernel.held.clear()
+            kernel.gen += 1
+        deliver(restarted.cache, docs)
+        assert restarted.sync_once()
+        assert not drift(full_ruleset(docs), read_tables(kernel))
+        assert kernel.reads - read_ahead == (2 if moved else 0) + 2  # + the check above

@@ -589,3 +589,57 @@ def test_service_counters_can_be_turned_off() -> None:
             proxy.close()
             proxy.loop.wake.set()
             thread.join(timeout=10)
+
+
+def _proxy_process(api: FakeAPIServer, lab: Lab) -> subprocess.Popen[str]:
+    """``nftproxy run`` in a process of its own, after its first sync."""
+    cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *run_args(api, lab)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"synced"' in line:
+            return proc
+    raise AssertionError(f"no sync: {proc.wait()}")
+
+
+@pytest.mark.kernel
+def test_a_client_loop_through_stop_change_start_fails_no_connection() -> None:
+    """A client connects through a Service every 20 ms while the proxy is stopped,
+    its Service gains an endpoint, and a new proxy starts over the tables the
+    last one left: no connection fails, and the new endpoint is reached after."""
+    with Lab("restart") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
+        for ip in ENDPOINTS[:2]:
+            lab.add_host(ipaddress.ip_address(ip))
+        lab.start_responders([8080])
+        api.apply(node(NODE_IPS[0]))
+        api.apply(service())
+        api.apply(_slice(ENDPOINTS[0]))
+        outcomes: list[object] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.wait(0.02):
+                got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
+                outcomes.append(lab.owner(got.responder) if isinstance(got, Reached) else got)
+
+        proc = _proxy_process(api, lab)
+        loop = threading.Thread(target=client)
+        loop.start()
+        try:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            api.apply(_slice(*ENDPOINTS[:2]))  # while no proxy runs
+            time.sleep(0.5)
+            proc = _proxy_process(api, lab)
+            wait_for(lambda: ENDPOINTS[1] in outcomes)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            loop.join()
+            proc.terminate()
+            proc.wait(timeout=15)
+        assert len(outcomes) > 50
+        assert set(outcomes) == set(ENDPOINTS[:2]), [o for o in outcomes if o not in ENDPOINTS]

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from nftproxy.cli.main import main, parser
 from nftproxy.k8s.client import RateLimiter, event_writers, watched
@@ -196,16 +197,23 @@ def _granted(objs: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def _called(host_ports: bool, shadow: bool = False) -> set[tuple[str, str, str]]:
-    """What ``run`` asks the API server for, from the client calls it makes: list and
-    watch of each resource :func:`watched` names, and the Events it writes (not in
-    shadow mode)."""
-    api = client.ApiClient(client.Configuration())
+    """What ``run`` asks the API server for: list and watch of each collection the
+    calls :func:`watched` names reach (read off the lab API server's request log),
+    and the Events it writes (not in shadow mode)."""
     out = set()
-    for w in watched(api, "node-a", host_ports=host_ports, limiter=RateLimiter(-1, 1)):
-        group = w.api_version.rpartition("/")[0]
-        plural = w.call.__wrapped__.__name__.removeprefix("list_")  # type: ignore[attr-defined]
-        plural = plural.removesuffix("_for_all_namespaces").replace("_", "") + "s"
-        out |= {(group, plural, verb) for verb in ("list", "watch")}
+    with FakeAPIServer() as server:
+        cfg = client.Configuration()
+        cfg.host = server.url
+        api = client.ApiClient(cfg)
+        for w in watched(api, "node-a", host_ports=host_ports, limiter=RateLimiter(-1, 1)):
+            try:
+                w.call(limit=1, _request_timeout=5).release_conn()
+            except ApiException as err:  # not served by the lab (ServiceCIDRs): still asked
+                assert err.status == 404
+        for request in server.requests:
+            path = request.split()[1].partition("?")[0].strip("/").split("/")
+            group = "" if path[0] == "api" else path[1]  # api/v1/PLURAL, apis/GROUP/VERSION/PLURAL
+            out |= {(group, path[-1], verb) for verb in ("list", "watch")}
     if not shadow:
         out |= _written()
     return out

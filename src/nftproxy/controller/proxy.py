@@ -66,7 +66,8 @@ class Proxy:
         return all(r.synced.is_set() for r in self.reflectors)
 
     def start(self) -> None:
-        """Start the reflectors."""
+        """Start reading the kernel for the first sync, and the reflectors."""
+        self.loop.read_ahead()
         for r in self.reflectors:
             threading.Thread(target=r.run, name=f"watch-{r.what.kind}", daemon=True).start()
         if self.events is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from nftproxy.k8s.reflector import Watched
 from nftproxy.k8s.tokenfile import follow_token_file
@@ -90,6 +91,64 @@ def limited(call: Callable[..., Any], limiter: RateLimiter) -> Callable[..., Any
     return wrapped
 
 
+QUERY = {
+    "label_selector": "labelSelector",
+    "field_selector": "fieldSelector",
+    "limit": "limit",
+    "_continue": "continue",
+    "watch": "watch",
+    "resource_version": "resourceVersion",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+}
+"""The keyword arguments of the client's ``list_*`` methods the reflector passes,
+and their query parameters."""
+
+
+def collection(api: Any, path: str) -> Callable[..., Any]:
+    """A ``list_*`` call of one collection (the same keyword arguments, the raw
+    response), made as the generated method makes it but without its API class:
+    importing ``CoreV1Api`` imports every core model (0.6 s of a start)."""
+
+    def call(*, _preload_content: bool = False, _request_timeout: Any = None, **kw: Any) -> Any:
+        assert not _preload_content, "the reflector reads the raw response"
+        query = [(QUERY[k], str(v).lower() if isinstance(v, bool) else v) for k, v in kw.items()]
+        return raw_get(api, path, query, _request_timeout)
+
+    return call
+
+
+def raw_get(api: Any, path: str, query: list[tuple[str, Any]], timeout: Any) -> Any:
+    """GET path through the ApiClient (its auth, its pool): the urllib3 response,
+    or ApiException for an answer that is not 2xx. Both client generations: 37
+    serialises the request apart (``param_serialize``), 36 and before in
+    ``call_api``."""
+    headers = {"Accept": "application/json"}
+    if not hasattr(api, "param_serialize"):
+        return api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params=headers,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+    method, url, sent, body, post = api.param_serialize(
+        method="GET",
+        resource_path=path,
+        query_params=query,
+        header_params=headers,
+        auth_settings=["BearerToken"],
+    )
+    answer = api.call_api(method, url, sent, body, post, _request_timeout=timeout)
+    if not 200 <= answer.status <= 299:
+        answer.read()
+        raise ApiException.from_response(http_resp=answer, body=None, data=None)
+    return answer.response
+
+
 def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter) -> list[Watched]:
     """What ``run`` lists and watches, with kube-proxy's selectors: Services and
     EndpointSlices not headless (Services of another proxy are skipped when
@@ -99,24 +158,23 @@ def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter)
     Kubernetes 1.33) answers 404, a role without Pods (kube-proxy's own
     ``system:node-proxier``) 403, and the proxy goes on without them. Nothing here
     talks to the server: the reflectors do, retrying while it is away."""
-    core = client.CoreV1Api(api)
     out = [
         Watched(
             "Service",
             "v1",
-            limited(core.list_service_for_all_namespaces, limiter),
+            limited(collection(api, "/api/v1/services"), limiter),
             label_selector=f"!{HEADLESS_LABEL}",
         ),
         Watched(
             "EndpointSlice",
             "discovery.k8s.io/v1",
-            limited(client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces, limiter),
+            limited(collection(api, "/apis/discovery.k8s.io/v1/endpointslices"), limiter),
             label_selector=f"!{HEADLESS_LABEL}",
         ),
         Watched(
             "Node",
             "v1",
-            limited(core.list_node, limiter),
+            limited(collection(api, "/api/v1/nodes"), limiter),
             field_selector=f"metadata.name={node_name}",
         ),
     ]
@@ -125,7 +183,7 @@ def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter)
             Watched(
                 "Pod",
                 "v1",
-                limited(core.list_pod_for_all_namespaces, limiter),
+                limited(collection(api, "/api/v1/pods"), limiter),
                 field_selector=f"spec.nodeName={node_name}",
                 optional=True,
             )
@@ -134,7 +192,7 @@ def watched(api: Any, node_name: str, *, host_ports: bool, limiter: RateLimiter)
         Watched(
             "ServiceCIDR",
             "networking.k8s.io/v1",
-            limited(client.NetworkingV1Api(api).list_service_cidr, limiter),
+            limited(collection(api, "/apis/networking.k8s.io/v1/servicecidrs"), limiter),
             optional=True,
         )
     )

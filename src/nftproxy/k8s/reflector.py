@@ -296,6 +296,7 @@ class Reflector:
         expired continue token is a 410: the list starts again."""
         keys: set[tuple[str, str]] = set()
         token, version = "", ""
+        started = time.monotonic()
         while True:
             raw, rv, token = check_page(self._page(token))
             items = [
@@ -310,6 +311,8 @@ class Reflector:
         self.sink.retain(self.what.kind, keys)
         self.resource_version = version
         self.lists += 1
+        seconds = round(time.monotonic() - started, 3)
+        self._log.info("listed", kind=self.what.kind, objects=len(keys), seconds=seconds)
         self._ok()
         self.synced.set()
 

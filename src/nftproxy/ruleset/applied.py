@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 from nftproxy.nft.model import Chain, Element, Set, Table
 from nftproxy.proxy.state import FamilyState, ServicePort
-from nftproxy.ruleset.build import Fragment, assemble, fixed_table, fragment
+from nftproxy.ruleset.build import Fragment, Made, assemble, fixed_table, fragment
 from nftproxy.ruleset.slots import Slots, align_elements, slots_of
 from nftproxy.settings.node import FamilyNode
 
@@ -171,8 +171,9 @@ class FamilyIndex:
         """The index of a family's whole state; its endpoints keep the slots held
         (see :mod:`nftproxy.ruleset.slots`)."""
         idx = cls(fixed_table(fs.node))
+        made = Made()
         for owner, ports in by_owner(fs.service_ports).items():
-            frag = _aligned(fragment(fs.node, ports), held or {})
+            frag = _aligned(fragment(fs.node, ports, made), held or {})
             idx._hold(owner, frag, entries_of(ports))
             for s, els in frag.elements.items():
                 idx.elements.add(s, (e.key for e in els))

@@ -15,7 +15,7 @@ import functools
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from nftproxy.k8s.objects import IPNetwork
 from nftproxy.nft.model import (
@@ -188,17 +188,27 @@ def fit(name: str) -> str:
     return name if len(name) <= names.NAME_MAX else names.hashed(name, prefix="long-")
 
 
+@dataclass
+class Made:
+    """What the builders of one state's fragments share: chains by name (a name
+    means one chain within a state), and endpoints' map values."""
+
+    chains: dict[str, Chain] = field(default_factory=dict)
+    targets: dict[Endpoint, tuple[str, str]] = field(default_factory=dict)
+
+
 class _TableBuilder:
     """Collects elements and chains for one family's table."""
 
-    def __init__(self, node: FamilyNode) -> None:
+    def __init__(self, node: FamilyNode, made: Made | None = None) -> None:
         self.node = node
         self.elements: dict[str, list[Element]] = defaultdict(list)
         self.chains: dict[str, Chain] = {}
+        self.made = made if made is not None else Made()
+        """Chains (and endpoint texts) made for other owners of the same state."""
         self.port_sets: dict[str, Set] = {}
         """Sets that Service ports bring: affinity sets, and a backends map per
         endpoint count."""
-        self._targets: dict[Endpoint, tuple[str, str]] = {}
 
     def element(
         self,
@@ -211,19 +221,31 @@ class _TableBuilder:
 
     def chain(self, name: str, *rules: tuple[Term, ...], comment: str | None = None) -> str:
         name = fit(name)
-        if name not in self.chains:
+        if not self.has(name):
             text = None if comment is None else names.comment(comment)
-            self.chains[name] = Chain(name, tuple(Rule(r) for r in rules), comment=text)
+            made = Chain(name, tuple(Rule(r) for r in rules), comment=text)
+            self.chains[name] = self.made.chains[name] = made
         return name
+
+    def has(self, name: str) -> bool:
+        """Whether the chain is this builder's, taking it from another owner's when
+        one made it (a shared chain such as ``pick-3`` is made once per state)."""
+        if name in self.chains:
+            return True
+        made = self.made.chains.get(name)
+        if made is None:
+            return False
+        self.chains[name] = made
+        return True
 
     def target(self, ep: Endpoint) -> tuple[str, str]:
         """An endpoint as a map value, made once: a Service's entries (ClusterIP,
         NodePort, load balancer) share it, and at 250,000 endpoints every copy
         of the strings costs tens of MB. Addresses are interned: what the kernel
         is read back into shares them."""
-        text = self._targets.get(ep)
+        text = self.made.targets.get(ep)
         if text is None:
-            text = self._targets[ep] = (sys.intern(str(ep.addr)), _number_text(ep.port))
+            text = self.made.targets[ep] = (sys.intern(str(ep.addr)), _number_text(ep.port))
         return text
 
     # -- endpoint selection -------------------------------------------------
@@ -245,7 +267,7 @@ class _TableBuilder:
             self.elements[endpoints].append(Element((*key, _number_text(i)), self.target(ep)))
         prefix = "pick-local" if backends == names.LOCAL_BACKENDS else "pick"
         name = f"{prefix}-{len(group)}"
-        if name in self.chains:
+        if self.has(name):
             return name
         # nft accepts a port in a DNAT target only after a protocol match.
         return self.chain(
@@ -346,7 +368,7 @@ class _TableBuilder:
         return (elsewhere, MARK_MASQ) if elsewhere is not None else ()
 
     def clusterip_class(self, sel: str) -> str:
-        if f"clusterip/{sel}" in self.chains:
+        if self.has(f"clusterip/{sel}"):
             return f"clusterip/{sel}"
         masq = self.masquerade_cluster_traffic()
         return self.chain(
@@ -524,9 +546,10 @@ class Fragment:
     sets: dict[str, Set]
 
 
-def fragment(node: FamilyNode, ports: Iterable[ServicePort]) -> Fragment:
-    """The fragment of some Service ports."""
-    b = _TableBuilder(node)
+def fragment(node: FamilyNode, ports: Iterable[ServicePort], made: Made | None = None) -> Fragment:
+    """The fragment of some Service ports; ``made`` is shared by the fragments of
+    one state (its chains are made once: 0.4 s of 0.8 at 10,000 Services)."""
+    b = _TableBuilder(node, made)
     for sp in ports:
         b.service_port(sp)
     return Fragment({name: unique(els) for name, els in b.elements.items()}, b.chains, b.port_sets)
