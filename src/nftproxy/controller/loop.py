@@ -56,9 +56,9 @@ from nftproxy.sync.plan import Summary
 WAIT_SLICE = 0.5
 """The longest the loop waits at once (seconds): how soon it sees SIGTERM."""
 FULL_CHECK_EVERY = 10
+"""Every this many drift checks read the kernel even when its generation has not moved."""
 TRIES_WHILE_CHANGING = 5
 """How often another thread copies what a sync is changing before it gives up."""
-"""Every this many drift checks read the kernel even when its generation has not moved."""
 
 
 @dataclass(frozen=True)
