@@ -123,9 +123,11 @@ def test_410_relists_without_losing_or_replaying(watching: Watching) -> None:
 
 
 def test_lists_come_in_pages_and_an_expired_page_lists_again() -> None:
-    """limit/continue as kube's reflectors: 7 Services in pages of 3; when a next
-    page's snapshot has expired (410), the list starts over and loses nothing."""
+    """limit/continue as kube's reflectors: 7 Services in pages of 3 (from a server
+    that pages even the first list, at resourceVersion 0); when a next page's
+    snapshot has expired (410), the list starts over and loses nothing."""
     with FakeAPIServer() as api:
+        api.watch_cache = False
         for i in range(7):
             api.apply(service(f"s{i}", clusterIP=f"172.30.0.{10 + i}"))
         api.expire_next_continues(1)
@@ -255,6 +257,29 @@ def test_a_reflector_that_crashes_starts_again() -> None:
             api.apply(service("b", clusterIP="172.30.0.11"))
             wait_for(lambda: ("Service", "crash") in w.errors)
             wait_for(lambda: "b" in w.names()["Service"], timeout=10)
+        finally:
+            w.stop.set()
+
+
+def test_the_first_list_comes_from_the_watch_cache_later_ones_in_pages() -> None:
+    """As client-go's reflector: the first list asks for resourceVersion 0, which the
+    API server's watch cache answers whole (one request at kube-proxy's 5 QPS,
+    not one per 500 objects); a list after a 410 reads the latest version, paged."""
+    with FakeAPIServer() as api:
+        for i in range(7):
+            api.apply(service(f"s{i}", clusterIP=f"172.30.0.{10 + i}"))
+        w = Watching(api, page_size=3)
+        try:
+            assert w.names()["Service"] == {f"s{i}" for i in range(7)}
+            services = _services(w)
+            assert services.lists == 1 and services.pages == 1
+            api.stop()
+            api.apply(service("s7", clusterIP="172.30.0.17"))
+            api.store.compact()  # the watch cannot resume: 410, and a list again
+            api.start()
+            wait_for(lambda: services.lists == 2, timeout=10)
+            assert services.pages == 1 + 3
+            assert w.names()["Service"] == {f"s{i}" for i in range(8)}
         finally:
             w.stop.set()
 

@@ -330,6 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             items, rv = api.store.listing(query)
         limit = int(params.get("limit") or 0)
+        if params.get("resourceVersion") == "0" and api.watch_cache and not token:
+            limit = 0  # from the watch cache: any version, all at once
         page, rest = (items[:limit], items[limit:]) if limit > 0 else (items, [])
         if api.take_broken_list():
             self._json(200, {"kind": res.kind + "List", "items": page})
@@ -498,6 +500,9 @@ class FakeAPIServer:
         self.active_watches = 0
         self.continues: dict[str, tuple[list[dict[str, Any]], int]] = {}
         """The rest of each paged list, by continue token (a snapshot, as etcd's)."""
+        self.watch_cache = True
+        """A list at ``resourceVersion=0`` comes whole, whatever its limit, as the
+        real server's watch cache serves it; False: paged like any other."""
         self._tokens = itertools.count(1)
         self._expiries = 0
         self._failures: deque[int] = deque()
