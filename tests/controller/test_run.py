@@ -643,3 +643,28 @@ def test_a_client_loop_through_stop_change_start_fails_no_connection() -> None:
             proc.wait(timeout=15)
         assert len(outcomes) > 50
         assert set(outcomes) == set(ENDPOINTS[:2]), [o for o in outcomes if o not in ENDPOINTS]
+
+
+@pytest.mark.kernel
+def test_init_only_fails_when_a_sysctl_cannot_be_set() -> None:
+    """run --init-only, the init container's command: exit 0 once the sysctls are
+    set (the table size is read-only in a network namespace: not a failure), exit 1
+    when /proc/sys is read-only, as in a container without privileges."""
+    established = "net.netfilter.nf_conntrack_tcp_timeout_established"
+    with Lab("initonly") as lab:
+        in_ns(lab.node, "sysctl", "-qw", f"{established}=1000")
+        cmd = [sys.executable, "-m", "nftproxy.cli", "run", "--init-only", "--netns", lab.node]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert in_ns(lab.node, "sysctl", "-n", established).strip() == "86400"
+        in_ns(lab.node, "sysctl", "-qw", f"{established}=1000")
+        read_only = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys"
+        refused = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f'{read_only} && exec "$@"', "sh", *cmd],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert "nf_conntrack_tcp_timeout_established" in refused.stderr
+        assert in_ns(lab.node, "sysctl", "-n", established).strip() == "1000"

@@ -123,7 +123,7 @@ def test_the_sysctls_are_the_privileged_init_containers(
     in_ns(lab.node, "sysctl", "-qw", f"{ESTABLISHED}=1000")
     init_only = ("nftproxy", "run", *CONFIG, "--init-only")
     refused = image.run(lab.node, *init_only, volumes=chart_config)
-    assert ESTABLISHED in refused.stdout + refused.stderr
+    assert refused.returncode == 1 and ESTABLISHED in refused.stdout + refused.stderr
     assert in_ns(lab.node, "sysctl", "-n", ESTABLISHED).strip() == "1000"
     done = image.run(lab.node, *init_only, volumes=chart_config, privileged=True)
     assert done.returncode == 0, done.stderr

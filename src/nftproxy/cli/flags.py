@@ -410,7 +410,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, RUN_FLAGS)
     for name, help in (
         ("--dry-run", "run the whole loop, print every transaction instead of applying it"),
-        ("--init-only", "set the conntrack sysctls and exit"),
+        ("--init-only", "set the conntrack sysctls and exit (1: one could not be set)"),
         ("--check-config", "validate --config and the flags, print the settings and exit"),
         ("--cleanup", "remove nftproxy's and kube-proxy's rules and exit"),
     ):

@@ -49,10 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _one_shot(args, settings):
         return 0
     dry_run = is_on(args, "dry_run")
-    if not dry_run:  # shadow mode: kube-proxy, beside it, owns the sysctls
-        sysctls.apply(sysctls.wanted(settings), args.netns)
+    # Shadow mode: kube-proxy, beside it, owns the sysctls.
+    failed = [] if dry_run else sysctls.apply(sysctls.wanted(settings), args.netns)
     if is_on(args, "init_only"):
-        return 0
+        # An init container that could not do its one job fails, as kube-proxy does;
+        # only the table size may be read-only (so it is in a network namespace).
+        return 1 if sysctls.fatal(failed) else 0
     raise_open_files_limit()
     kernel = Libnftables(args.netns)
     missing = missing_features(kernel)

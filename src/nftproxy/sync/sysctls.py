@@ -40,6 +40,15 @@ def wanted(settings: Settings) -> dict[str, int]:
     return out
 
 
+READ_ONLY_HERE = frozenset({"nf_conntrack_max"})
+"""What a network namespace other than the host's holds read-only: not a failure."""
+
+
+def fatal(failed: list[str]) -> list[str]:
+    """The sysctls among failed whose failure ``run --init-only`` reports (exit 1)."""
+    return [name for name in failed if name not in READ_ONLY_HERE]
+
+
 def apply(values: dict[str, int], netns: str | None = None) -> list[str]:
     """Write the sysctls that differ (inside netns), as kube-proxy does; returns what
     could not be written, each logged (a read-only table size in a network
