@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nftproxy.lab.netns import Lab, list_lab_namespaces
+from nftproxy.lab.netns import LAB_FOLDER, Lab, list_lab_namespaces
 from nftproxy.lab.scenario import Runner, Scenario, load_scenario
 
 HERE = Path(__file__).parent
@@ -69,7 +69,8 @@ def scenario_labs() -> Iterator[ScenarioLabs]:
 
 
 def _lab_folders() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("nftproxy-lab-*"))
+    """This process's lab folders (another test run's on the machine are its own)."""
+    return set(Path(tempfile.gettempdir()).glob(f"{LAB_FOLDER}{os.getpid()}-*"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -66,6 +66,10 @@ def _addr_args(addr: IPAddress) -> list[str]:
     return [_plen(addr), "nodad"] if addr.version == 6 else [_plen(addr)]
 
 
+LAB_FOLDER = "nftproxy-lab-"
+"""The start of a lab's work folder's name, before the creating process's id."""
+
+
 class Lab:
     """A node namespace and hosts around it; removes everything on exit, also on error."""
 
@@ -75,7 +79,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.hosts: dict[IPAddress, str] = {}
         self.procs: list[subprocess.Popen[str]] = []
-        self.workdir = Path(tempfile.mkdtemp(prefix="nftproxy-lab-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{LAB_FOLDER}{os.getpid()}-"))
         self._veths = itertools.count()
 
     def __enter__(self) -> Lab:
