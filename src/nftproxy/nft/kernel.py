@@ -28,7 +28,7 @@ import orjson
 from nftproxy.nft.conntrack import StalePlan, delete_stale
 from nftproxy.nft.errors import NetlinkError, NoSuchNetnsError
 from nftproxy.nft.model import Family, Set, Table
-from nftproxy.nft.read import Counted, TableReader, element_counters, generation, table_names
+from nftproxy.nft.read import Counted, TableReader, generation, table_names
 from nftproxy.nft.stages import STAGE_ELEMENTS, ElementStage, Stage, load_stages
 from nftproxy.nft.transaction import Batch
 from nftproxy.nft.wire import Message, Socket
@@ -304,7 +304,7 @@ class Counters:
     def read(self, family: Family, table: str, name: str) -> list[Counted]:
         """The counters of a set's elements (none when it is absent or counts nothing)."""
         with self._lock:
-            return element_counters(self._sock, family, table, name)
+            return TableReader(self._sock, family, table).counters(name)
 
     def close(self) -> None:
         """Close the socket."""

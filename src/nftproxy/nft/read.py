@@ -164,6 +164,14 @@ class TableReader:
                 return self._with_elements(info, dynamic=True)
         return None
 
+    def counters(self, name: str) -> list[Counted]:
+        """The counters of one set's elements, keys not decoded (none when the set or
+        the table is absent, or the set counts nothing); read again while the dump
+        is interrupted (see :meth:`read`)."""
+        request = {ELEM_LIST_TABLE: string(self.name), ELEM_LIST_SET: string(name)}
+        empty: list[Counted] = []
+        return _retrying()(self._retried, Message.GETSETELEM, request, _counted, empty)
+
     def _generation(self) -> int:
         return generation(self.sock)
 
@@ -483,26 +491,13 @@ class Counted:
     packets: int
 
 
-def element_counters(sock: Socket, family: Family, table: str, name: str) -> list[Counted]:
-    """The counters of a set's elements (none when the set or the table is absent,
-    or the set counts nothing). One dump, on the caller's socket; the keys are not
-    decoded."""
-    return _retrying()(_counters, sock, family, table, name)
-
-
-def _counters(sock: Socket, family: Family, table: str, name: str) -> list[Counted]:
-    request = {ELEM_LIST_TABLE: string(table), ELEM_LIST_SET: string(name)}
-    try:
-        bodies = sock.bodies(Message.GETSETELEM, FAMILIES[family], request)
-        found = [
-            Counted(data_value(a[ELEM_KEY]), _element_comment(a), packets)
-            for a in _element_attrs(bodies)
-            if (packets := _packets(a)) is not None
-        ]
-    except NetlinkError as err:
-        if err.errno == errno.ENOENT:
-            return []
-        raise
+def _counted(bodies: Iterable[bytes]) -> list[Counted]:
+    """The counters in a set element dump's replies (elements without one left out)."""
+    found = [
+        Counted(data_value(a[ELEM_KEY]), _element_comment(a), packets)
+        for a in _element_attrs(bodies)
+        if (packets := _packets(a)) is not None
+    ]
     if len({c.key for c in found}) != len(found):
         raise DumpInterruptedError  # across a rehash (see _repeats): read it again
     return found

@@ -39,7 +39,6 @@ ENTRY_SETS = (names.SERVICE_IPS, names.NO_ENDPOINT_SERVICES)
 FIXED_SETS = frozenset(row[0] for row in SETS)
 """Sets every table has, Services or not (``pod-cidrs`` is used only by their chains)."""
 _JUMPS = ("goto", "jump")
-_HASH_SUFFIX = 9  # "~" and the 8 characters names.comment adds to a shortened comment
 
 
 def comment_names(comment: str | None, owner: Owner) -> bool:
@@ -48,8 +47,7 @@ def comment_names(comment: str | None, owner: Owner) -> bool:
     keeps the start of every part, so its parts are compared as prefixes there."""
     if not comment:
         return False
-    shortened = len(comment) > _HASH_SUFFIX and comment[-_HASH_SUFFIX] == "~"
-    parts = (comment[:-_HASH_SUFFIX] if shortened else comment).split("/")
+    parts, shortened = names.comment_parts(comment)
     if len(parts) < 2:
         return False
     ns, name = owner

@@ -53,6 +53,10 @@ def _digest(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
 
 
+SHORTENED = 9
+"""``~`` and the 8-character hash that end a comment :func:`comment` shortened."""
+
+
 def comment(text: str) -> str:
     """text as a comment nft accepts: unsafe characters replaced by ``?``; when too
     long, the longest ``/``-separated parts are cut alike (every part of
@@ -62,11 +66,18 @@ def comment(text: str) -> str:
     if len(safe) <= COMMENT_MAX:
         return safe
     parts = safe.split("/")
-    budget = COMMENT_MAX - 9 - (len(parts) - 1)
+    budget = COMMENT_MAX - SHORTENED - (len(parts) - 1)
     while sum(map(len, parts)) > budget:
         longest = max(range(len(parts)), key=lambda i: len(parts[i]))
         parts[longest] = parts[longest][:-1]
-    return f"{'/'.join(parts)}~{_digest(text)[:8]}"
+    return f"{'/'.join(parts)}~{_digest(text)[: SHORTENED - 1]}"
+
+
+def comment_parts(text: str) -> tuple[list[str], bool]:
+    """The ``/``-separated parts of a comment :func:`comment` wrote, and whether it
+    was shortened (each part then is the start of the original's)."""
+    shortened = len(text) > SHORTENED and text[-SHORTENED] == "~"
+    return (text[:-SHORTENED] if shortened else text).split("/"), shortened
 
 
 def endpoint_id(addr: str, port: int) -> int:

@@ -56,9 +56,6 @@ FAMILIES = (Family.IP, Family.IP6)
 LONG = COMMENT_MAX - len("///sctp") - 15
 """A Service whose namespace and name are longer together may have its entries'
 comments shortened (15: the longest port name)."""
-SHORTENED = 9
-"""``~`` and the 8-character hash :func:`nftproxy.ruleset.names.comment` ends a
-shortened comment with."""
 
 Read = Callable[[Family, str, str], list[Counted]]
 """Reads one set's element counters: (family, table, set)."""
@@ -82,10 +79,7 @@ def labels_of(comment: str | None) -> Labels | None:
     Remembered: the same comments come at every scrape."""
     if not comment:
         return None
-    text = comment
-    if len(text) > SHORTENED and text[-SHORTENED] == "~":
-        text = text[:-SHORTENED]
-    parts = text.split("/")
+    parts, _ = names.comment_parts(comment)
     if len(parts) not in (3, 4):
         return None
     ns, name, protocol = parts[:3]
