@@ -37,6 +37,7 @@ from nftproxy.nft.model import Family
 from nftproxy.nft.read import Counted
 from nftproxy.nft.render import COMMENT_MAX
 from nftproxy.ruleset import names
+from nftproxy.sync.apply import FAMILIES
 
 Labels = tuple[str, str, str, str]
 """``(namespace, service, port, protocol)``: ``port`` is the Service port's name."""
@@ -52,7 +53,6 @@ SERIES = {
         "(a dropped SYN that is sent again counts again)",
     ),
 }
-FAMILIES = (Family.IP, Family.IP6)
 LONG = COMMENT_MAX - len("///sctp") - 15
 """A Service whose namespace and name are longer together may have its entries'
 comments shortened (15: the longest port name)."""
