@@ -37,6 +37,7 @@ from nftproxy.nft.kernel import Libnftables
 from nftproxy.nft.model import Ruleset
 from nftproxy.ruleset import names
 from nftproxy.settings import Settings
+from nftproxy.sync import checkpoint
 from nftproxy.sync.apply import drift, read_tables
 
 CLIENT = "203.0.113.2"
@@ -591,15 +592,34 @@ def test_service_counters_can_be_turned_off() -> None:
             thread.join(timeout=10)
 
 
-def _proxy_process(api: FakeAPIServer, lab: Lab) -> subprocess.Popen[str]:
-    """``nftproxy run`` in a process of its own, after its first sync."""
-    cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *run_args(api, lab)]
+def _proxy_process(
+    api: FakeAPIServer, lab: Lab, *extra: str
+) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+    """``nftproxy run`` in a process of its own, after its first sync; and what it
+    logged until then."""
+    cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *run_args(api, lab, *extra)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     assert proc.stderr is not None
+    lines = []
     for line in proc.stderr:
+        if line.startswith("{"):
+            lines.append(json.loads(line))
         if '"synced"' in line:
-            return proc
+            return proc, lines
     raise AssertionError(f"no sync: {proc.wait()}")
+
+
+def _stopped(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    """SIGTERM; what the process logged as it stopped."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def _found(lines: list[dict[str, Any]]) -> str:
+    """Where a starting proxy found what the kernel holds (checkpoint, kernel)."""
+    return str(next(e["source"] for e in lines if e["event"] == "found what the kernel holds"))
 
 
 @pytest.mark.kernel
@@ -624,16 +644,15 @@ def test_a_client_loop_through_stop_change_start_fails_no_connection() -> None:
                 got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
                 outcomes.append(lab.owner(got.responder) if isinstance(got, Reached) else got)
 
-        proc = _proxy_process(api, lab)
+        proc, first = _proxy_process(api, lab)
         loop = threading.Thread(target=client)
         loop.start()
         try:
             time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
+            stopped = _stopped(proc)
             api.apply(_slice(*ENDPOINTS[:2]))  # while no proxy runs
             time.sleep(0.5)
-            proc = _proxy_process(api, lab)
+            proc, second = _proxy_process(api, lab)
             wait_for(lambda: ENDPOINTS[1] in outcomes)
             time.sleep(0.5)
         finally:
@@ -643,6 +662,53 @@ def test_a_client_loop_through_stop_change_start_fails_no_connection() -> None:
             proc.wait(timeout=15)
         assert len(outcomes) > 50
         assert set(outcomes) == set(ENDPOINTS[:2]), [o for o in outcomes if o not in ENDPOINTS]
+        # The first read the kernel (nothing kept yet); the second adopted what it kept.
+        assert (_found(first), _found(second)) == ("kernel", "checkpoint")
+        assert stopped[-1]["checkpoint"] == str(checkpoint.default_path(lab.node))
+
+
+@pytest.mark.kernel
+def test_a_restart_adopts_the_checkpoint_and_still_repairs_an_edit_made_while_down() -> None:
+    """A proxy stopped keeps what it applied; the next one plans against that without
+    reading the tables. An element deleted by hand while none ran is not something
+    the checkpoint's stamp can show, but the kernel's ruleset generation moved, so
+    the first drift check (right after the first sync) reads the kernel and puts it
+    back. A checkpoint that is gone, or not the one the kernel was stamped with,
+    is not adopted."""
+    with Lab("adopt") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
+        lab.add_host(ipaddress.ip_address(ENDPOINTS[0]))
+        lab.start_responders([8080])
+
+        def reached() -> object:
+            got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
+            return lab.owner(got.responder) if isinstance(got, Reached) else got
+
+        api.apply(node(NODE_IPS[0]))
+        api.apply(service())
+        api.apply(_slice(ENDPOINTS[0]))
+        kept = checkpoint.default_path(lab.node)
+        proc, _ = _proxy_process(api, lab, "--drift-check-period", "1h")
+        _stopped(proc)
+        assert kept.exists()
+        in_ns(lab.node, "nft", "delete element ip nftproxy service-ips { 172.30.0.10 . tcp . 80 }")
+        proc, lines = _proxy_process(api, lab, "--drift-check-period", "1h")
+        try:
+            assert _found(lines) == "checkpoint"
+            wait_for(lambda: reached() == ENDPOINTS[0])
+        finally:
+            after = _stopped(proc)
+        repaired = [e for e in after if e["event"] == "drift found; repairing"]
+        assert [e["kind"] for e in repaired] == ["element"], repaired
+        kept.unlink()
+        proc, lines = _proxy_process(api, lab)
+        assert _found(lines) == "kernel"
+        _stopped(proc)
+        kept.write_bytes(kept.read_bytes().replace(b"172.30.0.10", b"172.30.0.11"))
+        proc, lines = _proxy_process(api, lab)
+        assert _found(lines) == "kernel"
+        _stopped(proc)
 
 
 @pytest.mark.kernel

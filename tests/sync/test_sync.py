@@ -50,6 +50,7 @@ from nftproxy.sync.apply import (
     sync_with_retries,
     without_chain_comments,
 )
+from nftproxy.sync.checkpoint import stamp_of
 from nftproxy.sync.cleanup import cleanup
 from nftproxy.sync.features import missing_features
 from nftproxy.sync.report import differences
@@ -456,10 +457,10 @@ def test_cleanup_removes_ours_and_on_request_kube_proxy(lab: tuple[Lab, Libnftab
 
 
 class _ReadsCounted(Libnftables):
-    with_elements = 0
+    reads = 0
 
     def read_table(self, family: Family, name: str, *, elements: bool = True) -> Any:
-        self.with_elements += elements
+        self.reads += 1
         return super().read_table(family, name, elements=elements)
 
 
@@ -467,20 +468,23 @@ class _ReadsCounted(Libnftables):
 def test_restart_with_a_checkpoint_reads_no_elements_back(
     lab: tuple[Lab, Libnftables], tmp_path: Path
 ) -> None:
-    """A checkpoint whose generation the kernel holds stands in for reading the kernel;
-    one that does not (the kernel was changed by someone else) is ignored."""
+    """A checkpoint whose digest the kernel's tables hold stands in for reading the
+    kernel; one that is not (the kernel was changed by someone else) is ignored."""
     lab_, kernel = lab
     cp = tmp_path / "checkpoint"
     first = sync(kernel, ruleset(*web(EPS[0], EPS[1])), checkpoint=cp)
     assert not first.from_checkpoint and cp.exists()
     assert cp.stat().st_mode & 0o777 == 0o600
     saved = json.loads(cp.read_text())  # plain data: nothing in it is code
-    assert saved["version"] == 3 and saved["generation"].startswith("gen:")
-    assert ["10.1.0.1", "80"] in [e[1] for e in saved["elements"]["ip/backends-2"]]
+    assert saved["version"] == 4 and set(saved["tables"]) == {"ip", "ip6"}
+    assert '["10.1.0.1","80"]' in cp.read_text()
     assert list(tmp_path.iterdir()) == [cp]  # no temporary file left
+    applied = kernel.read_set(Family.IP, names.TABLE, names.APPLIED)
+    assert applied is not None
+    assert [e.comment for e in applied.elements] == [stamp_of(cp.read_bytes())]
     reader = _ReadsCounted(lab_.node)
     again = sync(reader, ruleset(*web(EPS[0], EPS[2])), checkpoint=cp)
-    assert again.from_checkpoint and reader.with_elements == 0
+    assert again.from_checkpoint and reader.reads == 0
     assert str(again.summary) == "0 added, 3 changed, 0 removed"  # remote: no hairpin element
     assert in_sync(kernel, ruleset(*web(EPS[0], EPS[2])))
     sync(kernel, ruleset(*web(EPS[1])))  # applied without the checkpoint: new generation
@@ -496,26 +500,28 @@ def test_restart_with_a_checkpoint_reads_no_elements_back(
 
 
 TAMPERED = [
-    ("ip/service-ips", 0, ["172.30.0.10 } ; flush ruleset ; add element ip x y {", "tcp", "80"]),
-    ("ip/backends-1", 1, ["10.1.0.1", "8080; delete table ip nftproxy"]),
-    ("ip/service-ips", 1, ["goto", "x; flush ruleset"]),
-    ("ip/service-ips", 2, 'web"; flush ruleset; "'),
+    ('"172.30.0.10"', '"172.30.0.10 } ; flush ruleset ; add element ip x y {"'),
+    ('["10.1.0.1","80"]', '["10.1.0.1","80; delete table ip nftproxy"]'),
+    ('["goto","clusterip/pick-1"]', '["goto","x; flush ruleset"]'),
+    ('"ns/web/tcp/http"', '"web\\"; flush ruleset; \\""'),
+    ('"10.1.0.1"', '"10.1.0.9"'),  # harmless, but not what the kernel holds
 ]
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize(("where", "part", "text"), TAMPERED)
+@pytest.mark.parametrize(("was", "now"), TAMPERED)
 def test_a_tampered_checkpoint_is_not_trusted(
-    lab: tuple[Lab, Libnftables], tmp_path: Path, where: str, part: int, text: Any
+    lab: tuple[Lab, Libnftables], tmp_path: Path, was: str, now: str
 ) -> None:
-    """A checkpoint whose elements would smuggle nft commands (a key, a value or a
-    comment) is no checkpoint: the kernel is read, and nothing of it reaches nft."""
+    """A checkpoint changed after it was written (an element that would smuggle nft
+    commands in its key, value or comment, or merely a wrong one) is not the one the
+    kernel's stamp vouches for: the kernel is read, and nothing of it reaches nft."""
     lab_, kernel = lab
     cp = tmp_path / "checkpoint"
     sync(kernel, ruleset(*web(EPS[0])), checkpoint=cp)
-    saved = json.loads(cp.read_text())
-    saved["elements"][where][0][part] = text
-    cp.write_text(json.dumps(saved))
+    text = cp.read_text()
+    assert was in text
+    cp.write_text(text.replace(was, now, 1))
     again = sync(kernel, ruleset(*web(EPS[1])), checkpoint=cp)
     assert not again.from_checkpoint
     assert in_sync(kernel, ruleset(*web(EPS[1])))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from nftproxy.cli.flags import settings_of
+from nftproxy.cli.flags import checkpoint_of, settings_of
 from nftproxy.k8s.objects import Pod, Service
 from nftproxy.k8s.problems import Problem
 from nftproxy.nft.kernel import Libnftables
@@ -21,15 +20,6 @@ from nftproxy.ruleset.pipeline import Wanted, desired, has_errors
 from nftproxy.sync.after import AfterSync, after_sync
 from nftproxy.sync.apply import SyncResult, preview, read_ahead, read_tables, sync_with_retries
 from nftproxy.sync.features import missing_features
-
-CHECKPOINT_DIR = Path("/var/lib/nftproxy")
-
-
-def checkpoint_of(args: argparse.Namespace) -> Path | None:
-    """Where apply keeps what it applied (one file per network namespace); None: nowhere."""
-    if args.checkpoint is not None:
-        return Path(args.checkpoint) if args.checkpoint else None
-    return CHECKPOINT_DIR / (f"checkpoint-{args.netns}" if args.netns else "checkpoint")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

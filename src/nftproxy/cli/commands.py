@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nftproxy.cli.flags import (
     Subparsers,
+    add_checkpoint_flag,
     add_filename_flag,
     add_manifest_flags,
     add_netns_flag,
@@ -70,12 +71,7 @@ def apply_command(sub: Subparsers) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the transaction instead of applying it"
     )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="where to keep what was applied, so that a restart need not read "
-        "the kernel back (default /var/lib/nftproxy/checkpoint; '' for none)",
-    )
+    add_checkpoint_flag(parser)
     add_prune_flag(parser)
     parser.add_argument(
         "--allow-empty",
@@ -123,6 +119,7 @@ def run_command(sub: Subparsers) -> None:
     )
     add_node_flags(parser)
     add_netns_flag(parser)
+    add_checkpoint_flag(parser)
     add_run_flags(parser)
 
 

@@ -24,6 +24,7 @@ from nftproxy.settings.durations import parse_duration
 from nftproxy.settings.kubeproxy import MODES
 from nftproxy.settings.node import ConfigError, parse_bool
 from nftproxy.settings.resolve import with_port
+from nftproxy.sync import checkpoint
 
 
 def _csv(text: str, _: str) -> tuple[str, ...]:
@@ -527,3 +528,21 @@ def add_netns_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--netns", metavar="NAME", help="act in this network namespace (as with ip netns exec)"
     )
+
+
+def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """Where what was applied is kept for the next process (``apply``, ``run``)."""
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="where to keep what was applied, so that the next apply or restart need "
+        "not read the kernel back (default /var/lib/nftproxy/checkpoint, with --netns "
+        "checkpoint-NETNS; '' for none)",
+    )
+
+
+def checkpoint_of(args: argparse.Namespace) -> Path | None:
+    """Where what was applied is kept (one file per network namespace); None: nowhere."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint) if args.checkpoint else None
+    return checkpoint.default_path(args.netns)

@@ -15,10 +15,7 @@ from types import FrameType
 from typing import Any
 
 from nftproxy import __version__, log
-from nftproxy.cli.flags import (
-    is_on,
-    settings_of,
-)
+from nftproxy.cli.flags import checkpoint_of, is_on, settings_of
 from nftproxy.controller.proxy import Proxy, start_proxy
 from nftproxy.nft.kernel import Libnftables
 from nftproxy.settings import Settings, kubeproxy
@@ -63,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.logger().error("this kernel or nft lacks a feature", feature=feature, error=error)
         return 2
     take_over = None if dry_run else TakeOver(kernel, args.netns)
-    proxy = start_proxy(settings, kernel, dry_run=dry_run, netns=args.netns)
+    proxy = start_proxy(
+        settings, kernel, dry_run=dry_run, netns=args.netns, checkpoint=checkpoint_of(args)
+    )
     received = _on_signals(proxy)
 
     def after_first() -> None:
@@ -76,9 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         proxy.loop.run(proxy.stop, proxy.ready, after_first=after_first)
+        kept = proxy.loop.keep()
     finally:
         proxy.close()
-    log.logger().info("stopped; the rules stay in the kernel", signal=",".join(received) or None)
+    log.logger().info(
+        "stopped; the rules stay in the kernel",
+        signal=",".join(received) or None,
+        checkpoint=str(proxy.loop.checkpoint) if kept else None,
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from nftproxy import log
@@ -34,23 +35,27 @@ from nftproxy.nft.gcpause import paused_gc
 from nftproxy.nft.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
 from nftproxy.nft.transaction import AddSet, DeleteSet, Transaction
-from nftproxy.proxy.state import ServicePort, compute_state
+from nftproxy.proxy.state import ProxyState, ServicePort, compute_state
 from nftproxy.ruleset.applied import Change, FamilyIndex, OwnerKey, by_owner
-from nftproxy.ruleset.build import present
+from nftproxy.ruleset.build import build, present
 from nftproxy.ruleset.slots import is_backend_map, table_slots
 from nftproxy.settings.node import NodeConfig, with_node
 from nftproxy.sync.after import AfterSync, after_sync
 from nftproxy.sync.apply import (
     FAMILIES,
     SyncResult,
+    adopt,
     desired_tables,
     drift,
+    keep_checkpoint,
     plan_all,
     read_tables,
     replace,
+    sync,
     update,
     update_planned,
 )
+from nftproxy.sync.checkpoint import generation_of
 from nftproxy.sync.plan import Summary
 
 WAIT_SLICE = 0.5
@@ -71,30 +76,42 @@ class Timing:
 
 
 class ReadAhead:
-    """Our tables read in a thread, with the kernel's ruleset generation from before
-    the read: still the kernel's at :meth:`result`, nothing has been committed since,
-    and the read is what the kernel holds."""
+    """What the first sync plans against, found in a thread while the lists arrive:
+    the tables a checkpoint holds when the kernel vouches for it, else our tables
+    read; with the kernel's ruleset generation from before, which must still be the
+    kernel's at :meth:`result` (nothing committed since)."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, checkpoint: Path | None) -> None:
         self.kernel = kernel
-        self._read: tuple[int, dict[Family, Table | None]] | None = None
+        self.checkpoint = checkpoint
+        self.adopted = False
+        """The tables came from the checkpoint."""
+        self.before: int | None = None
+        self._read: dict[Family, Table | None] | None = None
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            before = self.kernel.generation()
-            self._read = before, read_tables(self.kernel)
+            start = time.perf_counter()
+            self.before = self.kernel.generation()
+            adopted = adopt(self.kernel, self.checkpoint)
+            self.adopted = adopted is not None
+            self._read = adopted if adopted is not None else read_tables(self.kernel)
+            log.logger().info(
+                "found what the kernel holds",
+                source="checkpoint" if self.adopted else "kernel",
+                seconds=round(time.perf_counter() - start, 3),
+            )
         except Exception as err:  # the sync reads again, and meets it there
             log.logger().info("no read ahead of the first sync", error=str(err))
 
     def result(self) -> dict[Family, Table | None] | None:
-        """The tables, once read; None when the read failed or the kernel moved."""
+        """The tables, once found; None when that failed or the kernel moved."""
         self._thread.join()
-        if self._read is None:
+        if self._read is None or self.kernel.generation() != self.before:
             return None
-        before, tables = self._read
-        return tables if self.kernel.generation() == before else None
+        return self._read
 
 
 def owners(changes: Changes) -> set[OwnerKey]:
@@ -127,10 +144,13 @@ class Loop:
         services: ServiceHealthServers | None = None,
         detect_local: str = "ClusterCIDR",
         dry_run: bool = False,
+        checkpoint: Path | None = None,
         out: TextIO = sys.stdout,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kernel = kernel
+        self.checkpoint = None if dry_run else checkpoint
+        """Where what was applied is kept as the loop stops (None: nowhere)."""
         self.cache = cache
         self.base = base
         self.timing = timing
@@ -155,6 +175,9 @@ class Loop:
         self._generation: int | None = None
         """The kernel's ruleset generation right after the last sync."""
         self._checks = 0
+        self.verify = False
+        """The next drift check reads the kernel whatever its generation (the first
+        sync adopted a checkpoint, and something was committed since it was kept)."""
         self.stopping = False
         """Set by a signal handler: end after the sync in flight (no lock involved)."""
         self.need_read = False
@@ -251,12 +274,14 @@ class Loop:
         """Compute everything, plan against what was applied (read on the first sync)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
+        if self.index is None and not self.need_read:
+            return self._first(snap, changes, node, state)
         if self.repair and self._read is not None:
             current = self._read  # what the drift check read
         elif self.index is not None and not self.need_read:
             current = desired_tables(self._ruleset(self.index))  # what was applied
         else:
-            current = self._read_ahead() or read_tables(self.kernel)
+            current = read_tables(self.kernel)
         index = {
             fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
             for fs in state.families
@@ -276,19 +301,53 @@ class Loop:
         self._done(Done(snap, state, ruleset, result, changes, partial=False))
         return True
 
-    def read_ahead(self) -> None:
-        """Start reading the kernel's tables for the first sync in a thread of their
-        own, while the lists arrive (the reflectors mostly wait for the API server:
-        at 10,000 Services the read, 0.7 s, fits in the lists' time). Until the
-        first sync takes it, nothing else may use the kernel's socket."""
-        if self._ahead is None and self.index is None:
-            self._ahead = ReadAhead(self.kernel)
+    def _first(self, snap: Snapshot, changes: Changes, node: NodeConfig, state: ProxyState) -> bool:
+        """The first sync: planned against the checkpoint adopted, or our tables as
+        read, while the lists arrived; the ruleset built whole, and the per-owner
+        index (twice the build's time) only once it is committed."""
+        current, self.verify = self._found()
+        ruleset = build(state)
+        try:
+            result = sync(self.kernel, ruleset, current=current, dry_run=self.dry_run)
+        except NftError as err:
+            self._failed(err)
+            return False
+        self.node, self.clashes = node, state.clashes > 0
+        self.observer.forget()
+        self._done(Done(snap, state, ruleset, result, changes, partial=False))
+        # What the sync applied: the ruleset with its endpoints in the slots current gave them.
+        self.index = {
+            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
+            for fs in state.families
+        }
+        return True
 
-    def _read_ahead(self) -> dict[Family, Table | None] | None:
-        """The tables read ahead, if the kernel has not moved since (else None: the
-        sync reads them again)."""
+    def read_ahead(self) -> None:
+        """Start finding what the first sync plans against (a checkpoint, or our
+        tables read) in a thread of their own, while the lists arrive (the reflectors
+        mostly wait for the API server: at 10,000 Services the read, 0.9 s, fits in
+        the lists' time). Until the first sync takes it, nothing else may use the
+        kernel's socket."""
+        if self._ahead is None and self.index is None:
+            self._ahead = ReadAhead(self.kernel, self.checkpoint)
+
+    def _found(self) -> tuple[dict[Family, Table | None], bool]:
+        """What the first sync plans against, found ahead if the kernel has not
+        moved since (else now); and whether a drift check must read the kernel
+        soon: a checkpoint was adopted, and something was committed after it was
+        kept (perhaps an edit of our tables that its stamp cannot show)."""
         ahead, self._ahead = self._ahead, None
-        return None if ahead is None else ahead.result()
+        found = None if ahead is None else ahead.result()
+        if ahead is not None and found is not None:
+            return found, ahead.adopted and ahead.before != self._kept_generation()
+        seen = self.kernel.generation()
+        adopted = adopt(self.kernel, self.checkpoint)
+        if adopted is not None:
+            return adopted, seen != self._kept_generation()
+        return read_tables(self.kernel), False
+
+    def _kept_generation(self) -> int | None:
+        return None if self.checkpoint is None else generation_of(self.checkpoint)
 
     def _replace(self, ruleset: Ruleset, current: dict[Family, Table | None]) -> SyncResult:
         """Failed again, even planned against a fresh read: replace the tables
@@ -402,13 +461,28 @@ class Loop:
             after = after_sync(self.kernel, done.result, done.desired, done.state)
         if after.forgotten:  # our own commit: the next drift check need not read the kernel
             self._generation = self.kernel.generation()
-        index = self.index or {}
-        self.observer.synced(
-            done,
-            after,
-            sum(idx.element_count() for idx in index.values()),
-            sum(idx.chain_count() for idx in index.values()),
-        )
+        if self.index is None:  # the first sync: the index comes after it
+            tables = done.desired.tables
+            elements = sum(len(s.elements) for t in tables for s in t.sets)
+            chains = sum(len(t.chains) for t in tables)
+        else:
+            elements = sum(idx.element_count() for idx in self.index.values())
+            chains = sum(idx.chain_count() for idx in self.index.values())
+        self.observer.synced(done, after, elements, chains)
+
+    def keep(self) -> bool:
+        """As the loop stops: keep what was applied in the checkpoint and stamp the
+        kernel's tables with it, so that the next process need not read them. Not
+        when nothing was applied, or when the kernel may hold something else (the
+        last sync failed, or drift waits for repair). False when nothing was kept."""
+        if self.checkpoint is None or self.index is None or self.need_read or self.repair:
+            return False
+        try:
+            keep_checkpoint(self.kernel, self.applied or {}, self.checkpoint)
+        except Exception as err:  # the next process reads the kernel instead
+            self.observer.error("checkpoint", err)
+            return False
+        return True
 
     # -- drift ----------------------------------------------------------------
 
@@ -423,8 +497,9 @@ class Loop:
             return 0
         self._checks += 1
         seen = self.kernel.generation()
-        if self._checks % FULL_CHECK_EVERY and seen == self._generation:
+        if not self.verify and self._checks % FULL_CHECK_EVERY and seen == self._generation:
             return 0
+        self.verify = False
         current = read_tables(self.kernel)
         diffs = drift(self._ruleset(self.index), current)
         if not diffs:

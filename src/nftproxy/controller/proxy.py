@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nftproxy import log
@@ -91,7 +92,12 @@ def timing(settings: Settings) -> Timing:
 
 
 def build_proxy(
-    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+    settings: Settings,
+    kernel: Kernel,
+    *,
+    dry_run: bool = False,
+    netns: str | None = None,
+    checkpoint: Path | None = None,
 ) -> Proxy:
     """Everything ``run`` runs, wired, not started."""
     base = node_config(settings, netns)
@@ -111,6 +117,7 @@ def build_proxy(
         services=None if dry_run else ServiceHealthServers(servers, health),
         detect_local=settings.detect_local_mode,
         dry_run=dry_run,
+        checkpoint=checkpoint,
     )
     loop.cache.on_change = loop.changed
     api = api_client(master=settings.master, kubeconfig=settings.kubeconfig)
@@ -228,10 +235,17 @@ def _bind_later(
 
 
 def start_proxy(
-    settings: Settings, kernel: Kernel, *, dry_run: bool = False, netns: str | None = None
+    settings: Settings,
+    kernel: Kernel,
+    *,
+    dry_run: bool = False,
+    netns: str | None = None,
+    checkpoint: Path | None = None,
 ) -> Proxy:
-    """Build the proxy, open its servers and start watching; the loop is the caller's."""
-    proxy = build_proxy(settings, kernel, dry_run=dry_run, netns=netns)
+    """Build the proxy, open its servers and start watching; the loop is the caller's.
+    ``checkpoint``: where the loop keeps what it applied as it stops (and finds it
+    as it starts)."""
+    proxy = build_proxy(settings, kernel, dry_run=dry_run, netns=netns, checkpoint=checkpoint)
     proxy.servers.__enter__()
     try:
         _listen(proxy, settings)

