@@ -16,6 +16,7 @@ COMPILED = [
     "src/nftproxy/proxy/state.py",
     "src/nftproxy/ruleset/build.py",
     "src/nftproxy/ruleset/names.py",
+    "src/nftproxy/sync/checkpoint.py",
     "src/nftproxy/sync/plan.py",
     "src/nftproxy/nft/expressions.py",
     "src/nftproxy/nft/read.py",

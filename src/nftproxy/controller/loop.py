@@ -40,11 +40,13 @@ from nftproxy.ruleset.applied import Change, FamilyIndex, OwnerKey, by_owner
 from nftproxy.ruleset.build import build, present
 from nftproxy.ruleset.slots import is_backend_map, table_slots
 from nftproxy.settings.node import NodeConfig, with_node
+from nftproxy.sync import checkpoint as checkpoints
 from nftproxy.sync.after import AfterSync, after_sync
 from nftproxy.sync.apply import (
     FAMILIES,
     SyncResult,
     adopt,
+    adopt_tables,
     desired_tables,
     drift,
     keep_checkpoint,
@@ -55,7 +57,7 @@ from nftproxy.sync.apply import (
     update,
     update_planned,
 )
-from nftproxy.sync.checkpoint import generation_of
+from nftproxy.sync.checkpoint import Kept, KeptFamily, KeptOwner, generation_of
 from nftproxy.sync.plan import Summary
 
 WAIT_SLICE = 0.5
@@ -75,19 +77,25 @@ class Timing:
     drift_period: float = 60.0
 
 
+Index = dict[Family, FamilyIndex]
+"""What was applied, per family and owner."""
+
+
 class ReadAhead:
     """What the first sync plans against, found in a thread while the lists arrive:
-    the tables a checkpoint holds when the kernel vouches for it, else our tables
-    read; with the kernel's ruleset generation from before, which must still be the
-    kernel's at :meth:`result` (nothing committed since)."""
+    what a checkpoint holds when the kernel vouches for it (``run``'s, made an index
+    here too), else our tables read; with the kernel's ruleset generation from
+    before, which must still be the kernel's when it is taken (nothing committed
+    since)."""
 
     def __init__(self, kernel: Kernel, checkpoint: Path | None) -> None:
         self.kernel = kernel
         self.checkpoint = checkpoint
         self.adopted = False
-        """The tables came from the checkpoint."""
+        """It came from the checkpoint."""
         self.before: int | None = None
-        self._read: dict[Family, Table | None] | None = None
+        self._read: dict[Family, Table | None] | Kept | None = None
+        self._index: Index | None = None
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
         self._thread.start()
 
@@ -95,9 +103,11 @@ class ReadAhead:
         try:
             start = time.perf_counter()
             self.before = self.kernel.generation()
-            adopted = adopt(self.kernel, self.checkpoint)
-            self.adopted = adopted is not None
-            self._read = adopted if adopted is not None else read_tables(self.kernel)
+            found = adopt(self.kernel, self.checkpoint)
+            self.adopted = found is not None
+            if isinstance(found, Kept):
+                self._index = kept_index(found)
+            self._read = found if found is not None else read_tables(self.kernel)
             log.logger().info(
                 "found what the kernel holds",
                 source="checkpoint" if self.adopted else "kernel",
@@ -106,12 +116,34 @@ class ReadAhead:
         except Exception as err:  # the sync reads again, and meets it there
             log.logger().info("no read ahead of the first sync", error=str(err))
 
-    def result(self) -> dict[Family, Table | None] | None:
-        """The tables, once found; None when that failed or the kernel moved."""
+    def _taken(self) -> dict[Family, Table | None] | Kept | None:
         self._thread.join()
         if self._read is None or self.kernel.generation() != self.before:
             return None
         return self._read
+
+    def kept(self) -> tuple[Kept, Index] | None:
+        """What ``run`` kept, and its index; None when that is not what was found."""
+        found = self._taken()
+        if not isinstance(found, Kept) or self._index is None:
+            return None
+        return found, self._index
+
+    def result(self) -> dict[Family, Table | None] | None:
+        """The tables, once found; None when that failed or the kernel moved."""
+        found = self._taken()
+        if isinstance(found, Kept):
+            tables = found.tables()
+            return {f: tables.get(f) for f in FAMILIES}
+        return found
+
+
+def kept_index(kept: Kept) -> Index:
+    """The index of what ``run`` kept."""
+    return {
+        f: FamilyIndex.held(k.fixed, ((o, p.fragment, p.entries) for o, p in k.owners.items()))
+        for f, k in kept.families.items()
+    }
 
 
 def owners(changes: Changes) -> set[OwnerKey]:
@@ -164,7 +196,7 @@ class Loop:
         """Set while the loop waits (nothing being applied)."""
         self.last_sync_end = 0.0
         """When the last successful sync ended (monotonic)."""
-        self.index: dict[Family, FamilyIndex] | None = None
+        self.index: Index | None = None
         """What was applied, per owner (None before the first sync)."""
         self.node: NodeConfig | None = None
         """The node settings the index was built with."""
@@ -258,6 +290,8 @@ class Loop:
             return False
 
     def _sync(self) -> bool:
+        if self.index is None and not self.need_read and self._ahead is not None:
+            self._adopt(self._ahead)
         if self.index is None or self.need_read or self.repair or self.clashes:
             snap, changes = self._take(self.cache.take)
             return self._sync_all(snap, changes)
@@ -322,6 +356,25 @@ class Loop:
         }
         return True
 
+    def _adopt(self, ahead: ReadAhead) -> None:
+        """Before the first sync: take the index the last process kept, when it was
+        kept of these node settings by this build, and leave the sync only what
+        changed since (the partial path then runs, as after any change: nothing is
+        built for the rest)."""
+        kept = ahead.kept()
+        if kept is None:
+            return
+        snap = self.cache.held()
+        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        if kept[0].key != checkpoints.key_of(repr(node)):
+            return  # built otherwise: the first sync builds all, planned against its tables
+        self._ahead = None
+        self.index, self.node = kept[1], node
+        settled = self.cache.settle(kept[0].fingerprints)
+        self.verify = ahead.before != self._kept_generation()
+        owned = sum(len(idx.fragments) for idx in self.index.values())
+        self._log.info("took what the last process applied", owners=owned, unchanged=settled)
+
     def read_ahead(self) -> None:
         """Start finding what the first sync plans against (a checkpoint, or our
         tables read) in a thread of their own, while the lists arrive (the reflectors
@@ -341,7 +394,7 @@ class Loop:
         if ahead is not None and found is not None:
             return found, ahead.adopted and ahead.before != self._kept_generation()
         seen = self.kernel.generation()
-        adopted = adopt(self.kernel, self.checkpoint)
+        adopted = adopt_tables(self.kernel, self.checkpoint)
         if adopted is not None:
             return adopted, seen != self._kept_generation()
         return read_tables(self.kernel), False
@@ -477,8 +530,23 @@ class Loop:
         last sync failed, or drift waits for repair). False when nothing was kept."""
         if self.checkpoint is None or self.index is None or self.need_read or self.repair:
             return False
+        index, node = self.index, self.node
+        held = present({f: idx.has_ports() for f, idx in index.items()})
+        kept = Kept(
+            checkpoints.key_of(repr(node)),
+            {
+                f: KeptFamily(
+                    idx.fixed,
+                    {o: KeptOwner(frag, idx.entries[o]) for o, frag in idx.fragments.items()},
+                )
+                for f, idx in index.items()
+            },
+            frozenset(f for f in index if held[f]),
+            self.cache.fingerprints(),
+        )
+        tables = {f: index[f].fixed if f in kept.present else None for f in FAMILIES}
         try:
-            keep_checkpoint(self.kernel, self.applied or {}, self.checkpoint)
+            keep_checkpoint(self.kernel, checkpoints.encode_kept(kept), tables, self.checkpoint)
         except Exception as err:  # the next process reads the kernel instead
             self.observer.error("checkpoint", err)
             return False

@@ -285,10 +285,67 @@ class Cache:
         cidrs = tuple(c for cs in self._cidrs.values() for c in cs)
         return Snapshot(objects, self._node, cidrs, slices)
 
+    # -- a restart's side --------------------------------------------------------
+
+    def fingerprints(self) -> dict[tuple[str, str, str], str]:
+        """What each Service and hostPort Pod held was built from: the
+        resourceVersions of the Service and its slices, or of the Pod. Those with
+        changes not yet taken are left out (what the kernel holds for them is older)."""
+        with self._lock:
+            out = {
+                ("Service", *key): self._fingerprint(key)
+                for key in {*self._objects["Service"], *self._slices}
+                if key not in self._changes.services
+            }
+            for key in self._objects["Pod"]:
+                if key not in self._changes.pods:
+                    out[("Pod", *key)] = self._versions.get(("Pod", key), "")
+            return out
+
+    def _fingerprint(self, key: ObjectKey) -> str:
+        parts = [self._versions.get(("Service", key), "")]
+        ns = key[0]
+        parts += sorted(
+            f"{name}={self._versions.get(('EndpointSlice', (ns, name)), '')}"
+            for name in self._slices.get(key, {})
+        )
+        return "" if any(p == "" or p.endswith("=") for p in parts) else ",".join(parts)
+
+    def settle(self, kept: Mapping[tuple[str, str, str], str]) -> int:
+        """After the first lists of a restart: drop the changes of the Services and
+        Pods whose fingerprints are still those kept (the kernel holds them as
+        built), and of the node (the caller found its settings unchanged); mark the
+        kept ones the lists no longer hold (they went while nothing watched). The
+        number of Services and Pods settled."""
+        with self._lock:
+            services, pods = self._changes.services, self._changes.pods
+            same = {k for k in services if _same(kept.get(("Service", *k)), self._fingerprint(k))}
+            held_pods = {k for k in pods if k in self._objects["Pod"]}
+            same_pods = {
+                k
+                for k in held_pods
+                if _same(kept.get(("Pod", *k)), self._versions.get(("Pod", k), ""))
+            }
+            services -= same
+            pods -= same_pods
+            for kind, ns, name in kept:
+                key = (ns, name)
+                if kind == "Service" and key not in self._objects["Service"]:
+                    services.add(key)
+                elif kind == "Pod" and key not in self._objects["Pod"]:
+                    pods.add(key)
+            self._changes.node = False
+            return len(same) + len(same_pods)
+
     def pending(self) -> bool:
         """Whether anything changed since the last take."""
         with self._lock:
             return bool(self._changes)
+
+
+def _same(kept: str | None, now: str) -> bool:
+    """Whether a fingerprint kept is the one now (an empty one matches nothing)."""
+    return bool(kept) and kept == now
 
 
 def _ignore(kind: str, raw: Mapping[str, Any], field: str, message: str) -> None:

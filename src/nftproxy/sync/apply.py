@@ -46,7 +46,7 @@ from nftproxy.nft.transaction import (
 from nftproxy.ruleset import names
 from nftproxy.ruleset.slots import align_tables, is_backend_map
 from nftproxy.sync import checkpoint as checkpoints
-from nftproxy.sync.checkpoint import Encoded
+from nftproxy.sync.checkpoint import Encoded, Kept
 from nftproxy.sync.plan import Summary, plan, summarize
 from nftproxy.sync.reach import reach_all
 from nftproxy.sync.report import Difference, differences
@@ -228,18 +228,33 @@ def kernel_stamps(kernel: Kernel, table: str = names.TABLE) -> dict[Family, str 
     return stamps
 
 
-def adopt(kernel: Kernel, path: Path | None, table: str = names.TABLE) -> Current | None:
-    """The tables the checkpoint at path holds, when the kernel's tables are exactly
-    those it vouches for (each holds its stamp, and no other table of ours is
-    there); else None (the kernel must be read)."""
+def adopt(kernel: Kernel, path: Path | None, table: str = names.TABLE) -> Current | Kept | None:
+    """What the checkpoint at path holds (tables, or what ``run`` kept), when the
+    kernel's tables are exactly those it vouches for (each holds its stamp, and no
+    other table of ours is there); else None (the kernel must be read)."""
     stamps = None if path is None else kernel_stamps(kernel, table)
     held = set() if stamps is None else {s for s in stamps.values() if s is not None}
     if path is None or stamps is None or len(held) != 1:
         return None
-    tables = checkpoints.load(path, held.pop())
-    if tables is None or any((tables.get(f) is None) != (stamps[f] is None) for f in FAMILIES):
+    found = checkpoints.load(path, held.pop())
+    if found is None:
         return None
-    return {f: tables.get(f) for f in FAMILIES}
+    if isinstance(found, Kept):
+        present = found.present
+    else:
+        present = frozenset(f for f, t in found.items() if t is not None)
+    if any((f in present) != (stamps[f] is not None) for f in FAMILIES):
+        return None
+    return found if isinstance(found, Kept) else {f: found.get(f) for f in FAMILIES}
+
+
+def adopt_tables(kernel: Kernel, path: Path | None, table: str = names.TABLE) -> Current | None:
+    """:func:`adopt`, as tables."""
+    found = adopt(kernel, path, table)
+    if isinstance(found, Kept):
+        tables = found.tables()
+        return {f: tables.get(f) for f in FAMILIES}
+    return found
 
 
 def _stamp(desired: Table, stamp: str) -> tuple[Change, ...]:
@@ -254,19 +269,15 @@ def _stamps(tables: Current, stamp: str, table: str) -> tuple[Transaction, ...]:
     )
 
 
-def keep_checkpoint(
-    kernel: Kernel, applied: Current, path: Path, table: str = names.TABLE
-) -> Encoded:
-    """Write a checkpoint of applied (what the kernel holds of our tables, as far as
-    the caller knows), then stamp the tables with it: the next process may adopt
-    it instead of reading. ``run`` does this as it stops; the kernel's ruleset
-    generation right after is kept beside it (see
-    :func:`~nftproxy.sync.checkpoint.save_generation`)."""
-    encoded = checkpoints.encode(applied)
+def keep_checkpoint(kernel: Kernel, encoded: Encoded, tables: Current, path: Path) -> None:
+    """Write a checkpoint (of what the kernel holds of our tables, as far as the
+    caller knows), then stamp the tables (``tables``: each with its ``applied`` set,
+    None where there is none) with it: the next process may adopt it instead of
+    reading. ``run`` does this as it stops; the kernel's ruleset generation right
+    after is kept beside it (see :func:`~nftproxy.sync.checkpoint.save_generation`)."""
     checkpoints.save(path, encoded)
-    kernel.apply(Batch(table, after=_stamps(applied, encoded.stamp, table)))
+    kernel.apply(Batch(names.TABLE, after=_stamps(tables, encoded.stamp, names.TABLE)))
     checkpoints.save_generation(path, kernel.generation())
-    return encoded
 
 
 # -- syncing ------------------------------------------------------------------
@@ -404,7 +415,7 @@ def _sync(
     """
     start = time.perf_counter()
     desired = desired_tables(ruleset)
-    adopted = None if full or checkpoint is None else adopt(kernel, checkpoint, table)
+    adopted = None if full or checkpoint is None else adopt_tables(kernel, checkpoint, table)
     trusted = adopted is not None
     if adopted is not None:
         current = adopted
