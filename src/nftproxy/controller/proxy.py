@@ -2,9 +2,11 @@
 
 Threads: one reflector per watched resource (they only record changes), one
 asyncio thread for every HTTP listener, one that posts Events, and the main
-thread, which runs the sync loop. Nothing forks. The cyclic garbage collector runs as usual, paused
-only inside a sync (bounded), and what survives the first full load is frozen
-out of its scans (``gc.freeze``).
+thread, which runs the sync loop, and one that finds what the kernel holds before
+the first sync. Nothing forks. The cyclic garbage collector runs as usual, paused
+only inside a sync (bounded), less often until the first sync (``run``'s
+``STARTING_GC``), and what survives the first full load is frozen out of its
+scans (``gc.freeze``).
 """
 
 from __future__ import annotations
