@@ -128,6 +128,12 @@ def test_the_daemonset_runs_where_kube_proxy_runs() -> None:
     assert "/run/xtables.lock" in mounts
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["xtables-lock"]["hostPath"]["type"] == "FileOrCreate"
+    # The checkpoint outlives the container, on the node (the root is read-only).
+    assert mounts["/var/lib/nftproxy"]["name"] == "state"
+    assert volumes["state"]["hostPath"] == {
+        "path": "/var/lib/nftproxy",
+        "type": "DirectoryOrCreate",
+    }
     assert "--dry-run" not in c["args"]
 
 

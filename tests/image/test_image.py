@@ -135,9 +135,11 @@ def test_the_sysctls_are_the_privileged_init_containers(
 @pytest.mark.kernel
 def test_run_syncs_from_the_api_server_and_stops_on_sigterm(image: Image, lab: Lab) -> None:
     """run against the lab's API server (listening in the lab's namespace): the
-    kernel programmed; SIGTERM: exit 0, the tables kept."""
+    kernel programmed; SIGTERM: exit 0, the tables kept, and what was applied kept
+    in the writable folder (the chart's hostPath) for the next start."""
     api = FakeAPIServer()
     serve(api, "web", "172.30.0.10", "10.1.0.1")
+    (image.state / "checkpoint").unlink(missing_ok=True)  # apply's, perhaps
     with in_netns(lab.node):
         api.start()
     try:
@@ -150,6 +152,7 @@ def test_run_syncs_from_the_api_server_and_stops_on_sigterm(image: Image, lab: L
     finally:
         api.stop()
     assert "172.30.0.10 . tcp . 80" in service_ips(lab.node)  # the tables stay
+    assert (image.state / "checkpoint").exists()
 
 
 def _run_until(cmd: list[str], *conditions: Callable[[], bool]) -> None:
