@@ -7,7 +7,9 @@ one JSON List, as ``kubectl get -o json`` writes), its peak RSS, the ruleset's
 lines, the time ``nft -f`` takes to load it into an empty scratch namespace and
 again over itself, and nft's peak RSS. Then ``nftproxy apply`` end to end into an
 empty namespace (read, build, the staged load): its time and the peak RSS of its
-process tree (nft children included). The reference is one plain map holding as
+process tree (nft children included); and a one-endpoint change applied by a new
+process, planned against the checkpoint the last apply kept ("one"), and against
+the tables read back ("one, read"). The reference is one plain map holding as
 many endpoints (``addr . port : addr . port``), loaded by nft in the same run; the
 ratio is apply / reference. Medians of --runs. Needs root.
 """
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 from cluster import NODE_FLAGS, cluster
+from sync import one_endpoint_changed
 
 from nftproxy.lab.netns import Lab
 
@@ -75,7 +78,11 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
     rss_mb = max(rss)
     reference = workdir / f"reference-{services}.nft"
     reference.write_text(reference_script(services * endpoints))
+    changed = workdir / f"changed-{services}.json"
+    changed.write_text(json.dumps(one_endpoint_changed(cluster(services, endpoints))))
     loads, reloads, refs, nft_rss, applies, apply_rss = [], [], [], [], [], []
+    ones: list[float] = []
+    ones_read: list[float] = []
     apply_cmd = [*render_cmd, "--checkpoint", ""]
     apply_cmd[apply_cmd.index("render")] = "apply"
     for _ in range(runs):
@@ -90,6 +97,14 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
             seconds, peak = _timed([*apply_cmd, "--netns", lab.node])
             applies.append(seconds)
             apply_rss.append(peak)
+            # One endpoint changed, by a new process: planned against the checkpoint
+            # the last apply kept, then (changed back) against the tables read.
+            kept = ["--netns", lab.node, "--checkpoint", str(workdir / "checkpoint")]
+            _timed([*apply_cmd[:-2], *kept])
+            one = [*apply_cmd[:-2], *kept]
+            one[one.index(str(manifest))] = str(changed)
+            ones.append(_timed(one)[0])
+            ones_read.append(_timed([*apply_cmd, "--netns", lab.node])[0])
     return {
         "services": services,
         "endpoints": services * endpoints,
@@ -102,6 +117,8 @@ def measure(services: int, endpoints: int, runs: int, workdir: Path) -> dict[str
         "apply_s": statistics.median(applies),
         "apply_rss_mb": max(apply_rss),
         "reference_s": statistics.median(refs),
+        "one_s": statistics.median(ones),
+        "one_read_s": statistics.median(ones_read),
     }
 
 
@@ -116,7 +133,8 @@ def main() -> int:
     print(
         f"{'services':>8} {'endpoints':>9} {'render s':>9} {'load s':>7} {'reload s':>8} "
         f"{'lines':>8} {'peak RSS MB':>11} {'nft RSS MB':>10} {'apply s':>7} "
-        f"{'apply RSS MB':>12} {'ref s':>6} {'ratio':>5}"
+        f"{'apply RSS MB':>12} {'ref s':>6} {'ratio':>5} {'one s':>6} {'ratio':>5} "
+        f"{'one, read s':>11} {'ratio':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.services.split(",")):
@@ -125,7 +143,9 @@ def main() -> int:
                 f"{r['services']:>8} {r['endpoints']:>9} {r['render_s']:>9.2f} {r['load_s']:>7.2f} "
                 f"{r['reload_s']:>8.2f} {r['lines']:>8} {r['peak_rss_mb']:>11.0f} "
                 f"{r['nft_rss_mb']:>10.0f} {r['apply_s']:>7.2f} {r['apply_rss_mb']:>12.0f} "
-                f"{r['reference_s']:>6.2f} {r['apply_s'] / r['reference_s']:>5.1f}",
+                f"{r['reference_s']:>6.2f} {r['apply_s'] / r['reference_s']:>5.1f} "
+                f"{r['one_s']:>6.2f} {r['one_s'] / r['reference_s']:>5.1f} "
+                f"{r['one_read_s']:>11.2f} {r['one_read_s'] / r['reference_s']:>5.1f}",
                 flush=True,
             )
     return 0
