@@ -327,7 +327,7 @@ def main() -> int:
         **in_process(a.services, a.endpoints, a.changes),
         **own_process(a.services, a.endpoints, a.idle),
     }.items():
-        print(f"  {key:<42} {value}")
+        print(f"  {key:<48} {value}")
     return 0
 
 

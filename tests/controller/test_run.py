@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import endpoint, free_port, serve, service, slice_, wait_for
+from helpers import endpoint, free_port, serve, service, service_ips, slice_, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from nftproxy.controller.proxy import Proxy, start_proxy
@@ -734,3 +734,62 @@ def test_init_only_fails_when_a_sysctl_cannot_be_set() -> None:
         assert refused.returncode == 1, refused.stderr
         assert "nf_conntrack_tcp_timeout_established" in refused.stderr
         assert in_ns(lab.node, "sysctl", "-n", established).strip() == "1000"
+
+
+def _local_endpoints(port: int) -> int | None:
+    """What a healthCheckNodePort server at port says (None: nobody answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as got:
+            return int(json.loads(got.read())["localEndpoints"])
+    except (OSError, ValueError):
+        return None
+
+
+def _event(lines: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((e for e in lines if e["event"] == name), None)
+
+
+@pytest.mark.kernel
+def test_a_restart_builds_only_what_changed_while_it_was_down() -> None:
+    """A Service deleted, one added and one's endpoints changed while no proxy ran:
+    the next proxy takes the last one's index and builds those three alone, and
+    the kernel then holds exactly what a cold start builds. With other node
+    settings (--masquerade-all) what was kept was built otherwise: the first sync
+    builds everything, planned against the kept tables."""
+    took = "took what the last process applied"
+    with Lab("kept") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        api.apply(node(NODE_IPS[0]))
+        for n in range(5):
+            serve(api, f"s{n}", f"172.30.1.{n}", ENDPOINTS[0])
+        hc = free_port()  # a Service that does not change: its health server all the same
+        api.apply(_local_lb(hc))
+        api.apply(slice_("lb", endpoint(ENDPOINTS[0], node="node-a"), name="lb-1"))
+        proc, _ = _proxy_process(api, lab)
+        _stopped(proc)
+        api.delete("Service", "ns", "s0")
+        serve(api, "s5", "172.30.1.5", ENDPOINTS[0])
+        api.apply(slice_("s1", endpoint(ENDPOINTS[1])))
+        proc, lines = _proxy_process(api, lab)
+        try:
+            wait_for(lambda: _local_endpoints(hc) == 1)
+        finally:
+            _stopped(proc)
+        taken = _event(lines, took)
+        assert taken is not None and (taken["owners"], taken["unchanged"]) == (6, 4), taken
+        synced = _event(lines, "synced")
+        assert synced is not None and synced["partial"] and synced["services_changed"] == 3
+        held = service_ips(lab.node)
+        assert "172.30.1.0 " not in held and "172.30.1.5 " in held
+        # Other settings: planned against the kept tables, everything built.
+        proc, lines = _proxy_process(api, lab, "--masquerade-all")
+        _stopped(proc)
+        assert _found(lines) == "checkpoint" and _event(lines, took) is None
+        synced = _event(lines, "synced")
+        assert synced is not None and not synced["partial"]  # all of them, s0's slice too
+        # A cold start (the tables read, everything built) finds nothing to change.
+        proc, lines = _proxy_process(api, lab, "--masquerade-all", "--checkpoint=")
+        _stopped(proc)
+        synced = _event(lines, "synced")
+        assert synced is not None
+        assert (synced["added"], synced["changed"], synced["removed"]) == (0, 0, 0), synced

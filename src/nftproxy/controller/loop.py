@@ -207,6 +207,9 @@ class Loop:
         self._generation: int | None = None
         """The kernel's ruleset generation right after the last sync."""
         self._checks = 0
+        self._recount = False
+        """The next sync is a restart's first, partial: the observer must then learn
+        of every Service (see :meth:`_recount_all`)."""
         self.verify = False
         """The next drift check reads the kernel whatever its generation (the first
         sync adopted a checkpoint, and something was committed since it was kept)."""
@@ -331,6 +334,7 @@ class Loop:
             return False
         self.index, self.node, self._read = index, node, None
         self.clashes = state.clashes > 0
+        self._recount = False  # this sync counts every Service
         self.observer.forget()
         self._done(Done(snap, state, ruleset, result, changes, partial=False))
         return True
@@ -370,6 +374,7 @@ class Loop:
             return  # built otherwise: the first sync builds all, planned against its tables
         self._ahead = None
         self.index, self.node = kept[1], node
+        self._recount = True
         settled = self.cache.settle(kept[0].fingerprints)
         self.verify = ahead.before != self._kept_generation()
         owned = sum(len(idx.fragments) for idx in self.index.values())
@@ -448,7 +453,18 @@ class Loop:
             self.index[family].commit(change)
         self.observer.forget(changes.services)
         self._done(Done(snap, state, ruleset, result, changes, partial=True))
+        if self._recount:
+            self._recount_all()
         return True
+
+    def _recount_all(self) -> None:
+        """After the first sync of a restart that took the last process's index:
+        what the observer knows of every Service, not only of those that sync built
+        (their healthCheckNodePort servers above all). Once: 0.3 s at 10,000 Services."""
+        self._recount = False
+        snap = self.cache.held()
+        if self.node is not None:
+            self.observer.count_services(snap, compute_state(snap.objects, self.node))
 
     def _take(self, take: Callable[[], tuple[Snapshot, Changes]]) -> tuple[Snapshot, Changes]:
         """The cache's snapshot and changes; their trigger times join those carried."""

@@ -124,15 +124,7 @@ class Observer:
 
     def synced(self, done: Done, after: AfterSync, elements: int, chains: int) -> None:
         """A sync succeeded: servers, health, metrics, the log line."""
-        ports, local = health_check_ports(done.snap, self.node_name)
-        self.health_ports.update(ports)
-        self.local_counts.update(local)
-        if self.services is not None:
-            try:
-                self.services.sync_services(self.health_ports)
-                self.services.sync_endpoints(self.local_counts)
-            except Exception as err:  # a server that did not close in time: next sync
-                self.error("servers", err)
+        self.count_services(done.snap, done.state)
         if done.snap.node is not None:
             self.health.node_eligible = done.snap.node.eligible
         self.health.updated()
@@ -166,7 +158,21 @@ class Observer:
             m.programming.observe(max(now - triggered, 0.0))
         m.elements.set(elements)
         m.chains.set(chains)
-        for fs in done.state.families:
+
+    def count_services(self, snap: Snapshot, state: ProxyState) -> None:
+        """What is known of the Services snap holds (all of them, or those a partial
+        sync changed), merged in: their healthCheckNodePorts and servers, their
+        endpoints on this node, and those with none here."""
+        ports, local = health_check_ports(snap, self.node_name)
+        self.health_ports.update(ports)
+        self.local_counts.update(local)
+        if self.services is not None:
+            try:
+                self.services.sync_services(self.health_ports)
+                self.services.sync_endpoints(self.local_counts)
+            except Exception as err:  # a server that did not close in time: next sync
+                self.error("servers", err)
+        for fs in state.families:
             for sp in fs.service_ports:
                 if sp.owner == "Service" and sp.cluster_endpoints and not sp.local_endpoints:
                     key = (sp.name.namespace, sp.name.name)
@@ -174,7 +180,7 @@ class Observer:
                     self.no_local[key] = (was[0] or sp.internal_local, was[1] or sp.external_local)
         for i, policy in enumerate(("internal", "external")):
             count = sum(1 for flags in self.no_local.values() if flags[i])
-            m.no_local_endpoints.labels(traffic_policy=policy).set(count)
+            self.metrics.no_local_endpoints.labels(traffic_policy=policy).set(count)
 
     def drift(self, found: int) -> None:
         """A drift check found differences (each logged by the loop)."""
