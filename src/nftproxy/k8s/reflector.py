@@ -305,6 +305,7 @@ class Reflector:
                 for item in raw
                 if isinstance(item, Mapping)
             ]
+            del raw  # the copies alone hold the page now, and put lets each go once read
             keys |= self.sink.put(self.what.kind, items)
             version = version or rv
             if not token:
