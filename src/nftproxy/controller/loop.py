@@ -3,7 +3,10 @@
 One thread applies; the watch handlers only record (see :mod:`nftproxy.k8s.cache`).
 Each sync computes the desired ruleset from every object held, plans it against
 what was last applied (kept in memory: the kernel is not read back) and applies
-the difference as one transaction. When is the runner's to say
+the difference as one transaction. The first plans against what the last process
+kept as it stopped (:meth:`Loop.keep`), when the kernel vouches for it: with the
+same node settings and build, only the Services and Pods whose objects changed
+since are built (:meth:`Loop._adopt`); else against our tables, read. When is the runner's to say
 (:mod:`~nftproxy.controller.runner`): at most one sync per ``min_sync``, one every
 ``sync_period`` even without changes, a drift check every ``drift_period``; after
 a failure the next sync reads the kernel and plans against what it holds, and
@@ -35,9 +38,9 @@ from nftproxy.nft.gcpause import paused_gc
 from nftproxy.nft.kernel import Kernel, NftError
 from nftproxy.nft.model import Family, Ruleset, Table
 from nftproxy.nft.transaction import AddSet, DeleteSet, Transaction
-from nftproxy.proxy.state import ProxyState, ServicePort, compute_state
+from nftproxy.proxy.state import ServicePort, compute_state
 from nftproxy.ruleset.applied import Change, FamilyIndex, OwnerKey, by_owner
-from nftproxy.ruleset.build import build, present
+from nftproxy.ruleset.build import present
 from nftproxy.ruleset.slots import is_backend_map, table_slots
 from nftproxy.settings.node import NodeConfig, with_node
 from nftproxy.sync import checkpoint as checkpoints
@@ -53,7 +56,6 @@ from nftproxy.sync.apply import (
     plan_all,
     read_tables,
     replace,
-    sync,
     update,
     update_planned,
 )
@@ -308,15 +310,16 @@ class Loop:
 
     @paused_gc()
     def _sync_all(self, snap: Snapshot, changes: Changes) -> bool:
-        """Compute everything, plan against what was applied (read on the first sync)."""
+        """Compute everything, plan against what was applied (on the first sync: what
+        a checkpoint kept, or the tables read)."""
         node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
         state = compute_state(snap.objects, node)
-        if self.index is None and not self.need_read:
-            return self._first(snap, changes, node, state)
         if self.repair and self._read is not None:
             current = self._read  # what the drift check read
         elif self.index is not None and not self.need_read:
             current = desired_tables(self._ruleset(self.index))  # what was applied
+        elif self.index is None and not self.need_read:
+            current, self.verify = self._found()  # the first sync
         else:
             current = read_tables(self.kernel)
         index = {
@@ -337,27 +340,6 @@ class Loop:
         self._recount = False  # this sync counts every Service
         self.observer.forget()
         self._done(Done(snap, state, ruleset, result, changes, partial=False))
-        return True
-
-    def _first(self, snap: Snapshot, changes: Changes, node: NodeConfig, state: ProxyState) -> bool:
-        """The first sync: planned against the checkpoint adopted, or our tables as
-        read, while the lists arrived; the ruleset built whole, and the per-owner
-        index (twice the build's time) only once it is committed."""
-        current, self.verify = self._found()
-        ruleset = build(state)
-        try:
-            result = sync(self.kernel, ruleset, current=current, dry_run=self.dry_run)
-        except NftError as err:
-            self._failed(err)
-            return False
-        self.node, self.clashes = node, state.clashes > 0
-        self.observer.forget()
-        self._done(Done(snap, state, ruleset, result, changes, partial=False))
-        # What the sync applied: the ruleset with its endpoints in the slots current gave them.
-        self.index = {
-            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
-            for fs in state.families
-        }
         return True
 
     def _adopt(self, ahead: ReadAhead) -> None:
@@ -530,14 +512,13 @@ class Loop:
             after = after_sync(self.kernel, done.result, done.desired, done.state)
         if after.forgotten:  # our own commit: the next drift check need not read the kernel
             self._generation = self.kernel.generation()
-        if self.index is None:  # the first sync: the index comes after it
-            tables = done.desired.tables
-            elements = sum(len(s.elements) for t in tables for s in t.sets)
-            chains = sum(len(t.chains) for t in tables)
-        else:
-            elements = sum(idx.element_count() for idx in self.index.values())
-            chains = sum(idx.chain_count() for idx in self.index.values())
-        self.observer.synced(done, after, elements, chains)
+        index = self.index or {}
+        self.observer.synced(
+            done,
+            after,
+            sum(idx.element_count() for idx in index.values()),
+            sum(idx.chain_count() for idx in index.values()),
+        )
 
     def keep(self) -> bool:
         """As the loop stops: keep what was applied in the checkpoint and stamp the
