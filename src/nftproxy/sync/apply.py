@@ -294,15 +294,12 @@ def sync(
     checkpoint: Path | None = None,
     current: Current | None = None,
     table: str = names.TABLE,
-    dry_run: bool = False,
 ) -> SyncResult:
     """Make the kernel hold ruleset: plan against what it holds and apply the
     difference. What it holds is the checkpoint's tables when the kernel vouches
-    for them, else ``current`` (read a moment ago, or a checkpoint adopted), else
-    read now. The one-shot ``apply``'s sync, and ``run``'s first."""
-    return _sync(
-        kernel, ruleset, checkpoint=checkpoint, read_already=current, table=table, dry_run=dry_run
-    )
+    for them, else ``current`` (the kernel read a moment ago), else read now. The
+    one-shot ``apply``'s sync."""
+    return _sync(kernel, ruleset, checkpoint=checkpoint, read_already=current, table=table)
 
 
 def replace(

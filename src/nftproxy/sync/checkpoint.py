@@ -1,17 +1,21 @@
 """Our tables as a sync applied them, kept on disk so that the next process (a
 restarted ``run``, the next ``apply``) need not read them back: at 10,000
 Services reading is ~0.9 s, at 5,000 x 50 endpoints ~7.5 s, and loading this is
-a tenth of that.
+a third of that or less.
 
-The file is plain JSON, versioned: ``{"version", "tables"}``, each table its
-chains, rules and sets as typed lists (:func:`encode`); the elements of dynamic
-sets (the packet path adds them) are not kept. No code is loaded from it, and
-only the model's own classes and enums are made from it.
+The file is plain JSON, versioned, of two kinds: ``apply``'s ``{"version",
+"tables"}``, each table its chains, rules and sets as typed lists (:func:`encode`),
+and what ``run`` keeps as it stops, ``{"version", "key", "present",
+"fingerprints", "families"}``: each family's fixed table and each owner's part
+(:class:`Kept`, :func:`encode_kept`). The elements of dynamic sets (the packet
+path adds them) are not kept. No code is loaded from it, and only the model's own
+classes and enums are made from it.
 
 It is trusted only when the kernel vouches for it: a sync that writes the file
 writes its SHA-256 digest (the *stamp*) into each of our tables' ``applied`` set in
-the same transaction, and :func:`load` makes nothing of a file whose digest is
-not the stamp the kernel's tables hold. A file that was changed, damaged, or left
+the same transaction (``run``, as it stops, in a transaction of its own), and
+:func:`load` makes nothing of a file whose digest is not the stamp the kernel's
+tables hold. A file that was changed, damaged, or left
 by an older sync is no checkpoint, and whoever changes our tables without writing
 a new file (every other sync writes a random stamp) leaves them unvouched for.
 What reaches nft from a trusted file is therefore what nftproxy wrote itself.
