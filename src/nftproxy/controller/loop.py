@@ -50,6 +50,7 @@ from nftproxy.sync.apply import (
     SyncResult,
     adopt,
     adopt_tables,
+    as_tables,
     desired_tables,
     drift,
     keep_checkpoint,
@@ -134,10 +135,7 @@ class ReadAhead:
     def result(self) -> dict[Family, Table | None] | None:
         """The tables, once found; None when that failed or the kernel moved."""
         found = self._taken()
-        if isinstance(found, Kept):
-            tables = found.tables()
-            return {f: tables.get(f) for f in FAMILIES}
-        return found
+        return None if found is None else as_tables(found)
 
 
 def kept_index(kept: Kept) -> Index:
@@ -301,7 +299,7 @@ class Loop:
             snap, changes = self._take(self.cache.take)
             return self._sync_all(snap, changes)
         snap, changes = self._take(self.cache.take_changed)
-        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        node = self._node_of(snap)
         if not changes.node and node == self.node:
             done = self._sync_changed(snap, changes, node)
             if done is not None:
@@ -312,7 +310,7 @@ class Loop:
     def _sync_all(self, snap: Snapshot, changes: Changes) -> bool:
         """Compute everything, plan against what was applied (on the first sync: what
         a checkpoint kept, or the tables read)."""
-        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        node = self._node_of(snap)
         state = compute_state(snap.objects, node)
         if self.repair and self._read is not None:
             current = self._read  # what the drift check read
@@ -351,7 +349,7 @@ class Loop:
         if kept is None:
             return
         snap = self.cache.held()
-        node = with_node(self.base, snap.node, snap.cidrs, self.detect_local)
+        node = self._node_of(snap)
         if kept[0].key != checkpoints.key_of(repr(node)):
             return  # built otherwise: the first sync builds all, planned against its tables
         self._ahead = None
@@ -447,6 +445,10 @@ class Loop:
         snap = self.cache.held()
         if self.node is not None:
             self.observer.count_services(snap, compute_state(snap.objects, self.node))
+
+    def _node_of(self, snap: Snapshot) -> NodeConfig:
+        """The node settings with what snap holds of the node and ServiceCIDRs."""
+        return with_node(self.base, snap.node, snap.cidrs, self.detect_local)
 
     def _take(self, take: Callable[[], tuple[Snapshot, Changes]]) -> tuple[Snapshot, Changes]:
         """The cache's snapshot and changes; their trigger times join those carried."""

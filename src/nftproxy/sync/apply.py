@@ -245,16 +245,20 @@ def adopt(kernel: Kernel, path: Path | None, table: str = names.TABLE) -> Curren
         present = frozenset(f for f, t in found.items() if t is not None)
     if any((f in present) != (stamps[f] is not None) for f in FAMILIES):
         return None
-    return found if isinstance(found, Kept) else {f: found.get(f) for f in FAMILIES}
+    return found if isinstance(found, Kept) else as_tables(found)
 
 
 def adopt_tables(kernel: Kernel, path: Path | None, table: str = names.TABLE) -> Current | None:
     """:func:`adopt`, as tables."""
     found = adopt(kernel, path, table)
-    if isinstance(found, Kept):
-        tables = found.tables()
-        return {f: tables.get(f) for f in FAMILIES}
-    return found
+    return None if found is None else as_tables(found)
+
+
+def as_tables(found: Current | Kept) -> Current:
+    """Our table per family (None where absent) of what a checkpoint holds: tables,
+    or what ``run`` kept."""
+    tables = found.tables() if isinstance(found, Kept) else found
+    return {f: tables.get(f) for f in FAMILIES}
 
 
 def _stamp(desired: Table, stamp: str) -> tuple[Change, ...]:

@@ -71,6 +71,12 @@ class Encoded:
     data: bytes
     stamp: str
 
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Encoded:
+        """A document's bytes, stamped."""
+        data = orjson.dumps(doc)
+        return cls(data, stamp_of(data))
+
 
 @dataclass(frozen=True)
 class KeptOwner:
@@ -159,8 +165,7 @@ def encode_kept(kept: Kept) -> Encoded:
         "fingerprints": [[*owner, fp] for owner, fp in kept.fingerprints.items()],
         "families": families,
     }
-    data = orjson.dumps(doc)
-    return Encoded(data, stamp_of(data))
+    return Encoded.of(doc)
 
 
 def _kept(doc: dict[str, Any]) -> Kept:
@@ -196,8 +201,7 @@ def encode(tables: Tables) -> Encoded:
         "version": VERSION,
         "tables": {f.value: None if t is None else _plain(t) for f, t in tables.items()},
     }
-    data = orjson.dumps(doc)
-    return Encoded(data, stamp_of(data))
+    return Encoded.of(doc)
 
 
 def default_path(netns: str | None) -> Path:
