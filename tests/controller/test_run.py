@@ -793,3 +793,24 @@ def test_a_restart_builds_only_what_changed_while_it_was_down() -> None:
         synced = _event(lines, "synced")
         assert synced is not None
         assert (synced["added"], synced["changed"], synced["removed"]) == (0, 0, 0), synced
+
+
+@pytest.mark.kernel
+def test_a_checkpoint_that_cannot_be_written_costs_only_the_next_read() -> None:
+    """The checkpoint's folder cannot be made (read-only, full, not a folder): the
+    stop still exits 0, the failure is logged, and the next start reads the tables."""
+    with Lab("nokeep") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        api.apply(node(NODE_IPS[0]))
+        serve(api, "s0", "172.30.1.0", ENDPOINTS[0])
+        blocked = lab.workdir / "a-file"
+        blocked.write_text("not a folder")
+        where = f"--checkpoint={blocked / 'checkpoint'}"
+        proc, _ = _proxy_process(api, lab, where)
+        stopped = _stopped(proc)  # exit 0, or it raises
+        assert _event(stopped, "checkpoint failed") is not None
+        assert stopped[-1]["checkpoint"] is None
+        proc, lines = _proxy_process(api, lab, where)
+        _stopped(proc)
+        assert _found(lines) == "kernel"
+        assert "172.30.1.0 " in service_ips(lab.node)
