@@ -225,14 +225,23 @@ def test_a_malformed_watch_line_is_counted_and_watching_goes_on(
     assert _services(w).lists == 1  # the position was kept: no relist
 
 
-def test_a_list_without_metadata_is_listed_again() -> None:
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("no-metadata", "bad list"), ("garbled", "not JSON"), ("cut", "connection")],
+)
+def test_a_broken_list_is_counted_and_listed_again(how: str, reason: str) -> None:
+    """A list's items are stored as they arrive: what a broken one stored before it
+    broke is made right by the next list, and the connection is not reused."""
     with FakeAPIServer() as api:
-        api.apply(service("a"))
-        api.break_next_lists(2)
+        for i in range(40):
+            api.apply(service(f"s{i}", clusterIP=f"172.30.1.{i}"))
+        api.break_next_lists(4, how)
         w = Watching(api)
         try:
-            assert ("Service", "bad list") in w.errors or ("EndpointSlice", "bad list") in w.errors
-            assert w.names()["Service"] == {"a"}
+            assert ("Service", reason) in w.errors or ("EndpointSlice", reason) in w.errors
+            assert w.names()["Service"] == {f"s{i}" for i in range(40)}
+            api.delete("Service", "ns", "s0")
+            wait_for(lambda: "s0" not in w.names()["Service"])
         finally:
             w.stop.set()
 

@@ -28,6 +28,7 @@ model classes would cost seconds at 10,000 Services.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -42,6 +43,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from nftproxy import log
+from nftproxy.k8s.listbody import parse_list
 
 WATCH_SECONDS = 300
 """The shortest a watch asks to stay open; the longest is twice that (client-go
@@ -51,8 +53,13 @@ LIST_SECONDS = 60.0
 """The longest one list page may take to arrive."""
 BACKOFF_MAX = 30.0
 PAGE_SIZE = 500
-"""Objects per list page (kube's reflectors ask for 500): the JSON of one page is
-all a list holds in memory at once."""
+"""Objects per list page (kube's reflectors ask for 500)."""
+PUT_BATCH = 500
+"""Items parsed and stored at a time. The first list, from the watch cache, comes
+whole: it is parsed as it arrives (:mod:`nftproxy.k8s.listbody`), so that a window
+of its bytes and one batch of its items are all it holds at once."""
+CHUNK = 1 << 20
+"""Bytes read from a list response at a time."""
 
 
 class Sink(Protocol):
@@ -124,17 +131,17 @@ def check_event(event: Any) -> tuple[str, Mapping[str, Any]]:
     return str(type_), obj
 
 
-def check_page(body: Any) -> tuple[list[Any], str, str]:
-    """A list page's items, resourceVersion and continue token, checked."""
-    if not isinstance(body, Mapping):
-        raise MalformedError("bad list", type(body).__name__)
-    meta = body.get("metadata")
-    items = body.get("items") or []
+def check_page(head: Any) -> tuple[str, str]:
+    """A list page's resourceVersion and continue token, checked (head: the page
+    without its items, :func:`~nftproxy.k8s.listbody.parse_list`)."""
+    if not isinstance(head, Mapping):
+        raise MalformedError("bad list", type(head).__name__)
+    meta = head.get("metadata")
     if not isinstance(meta, Mapping) or not meta.get("resourceVersion"):
         raise MalformedError("bad list", "no metadata.resourceVersion")
-    if not isinstance(items, list):
+    if not isinstance(head.get("items") or [], list):
         raise MalformedError("bad list", "items is not a list")
-    return items, str(meta["resourceVersion"]), str(meta.get("continue") or "")
+    return str(meta["resourceVersion"]), str(meta.get("continue") or "")
 
 
 def backoff(attempt: int, cap: float, base: float = 0.2) -> float:
@@ -292,21 +299,14 @@ class Reflector:
         return out
 
     def _list(self) -> None:
-        """List in pages (the first list from the watch cache, see :meth:`_page`);
+        """List in pages (the first list from the watch cache, see :meth:`_request`);
         every page is of the snapshot the first one fixed. An expired continue
         token is a 410: the list starts again."""
         keys: set[tuple[str, str]] = set()
         token, version = "", ""
         started = time.monotonic()
         while True:
-            raw, rv, token = check_page(self._page(token))
-            items = [
-                {"kind": self.what.kind, "apiVersion": self.what.api_version, **item}
-                for item in raw
-                if isinstance(item, Mapping)
-            ]
-            del raw  # the copies alone hold the page now, and put lets each go once read
-            keys |= self.sink.put(self.what.kind, items)
+            rv, token = self._page(token, keys)
             version = version or rv
             if not token:
                 break
@@ -318,7 +318,29 @@ class Reflector:
         self._ok()
         self.synced.set()
 
-    def _page(self, token: str) -> Any:
+    def _page(self, token: str, keys: set[tuple[str, str]]) -> tuple[str, str]:
+        """Put one page's items, as they arrive, adding their keys to keys; the
+        page's resourceVersion and continue token."""
+        resp = self._request(token)
+        try:
+            head, items = parse_list(resp.stream(CHUNK))
+            rv, token = check_page(head)
+            while batch := list(itertools.islice(items, PUT_BATCH)):
+                keys |= self.sink.put(self.what.kind, self._typed(batch))
+        except BaseException:
+            resp.close()  # what is left unread must not go back to the pool
+            raise
+        finally:
+            resp.release_conn()
+        self.pages += 1
+        return rv, token
+
+    def _typed(self, items: list[Any]) -> list[dict[str, Any]]:
+        """List items (which carry no kind) as objects, all but objects dropped."""
+        kind, version = self.what.kind, self.what.api_version
+        return [{"kind": kind, "apiVersion": version, **i} for i in items if isinstance(i, Mapping)]
+
+    def _request(self, token: str) -> Any:
         kwargs = {**self._kwargs(), "limit": self.page_size}
         if token:
             kwargs["_continue"] = token
@@ -328,13 +350,7 @@ class Reflector:
             # pages of 500 at kube-proxy's 5 QPS, 10,000 Services and their slices
             # would wait about 6 s. Lists after a 410 read the latest version, paged.
             kwargs["resource_version"] = "0"
-        resp = self.what.call(**kwargs, _request_timeout=(CONNECT_SECONDS, LIST_SECONDS))
-        try:
-            body = orjson.loads(resp.data)
-        finally:
-            resp.release_conn()
-        self.pages += 1
-        return body
+        return self.what.call(**kwargs, _request_timeout=(CONNECT_SECONDS, LIST_SECONDS))
 
     def _watch(self) -> None:
         """Watch from the last resourceVersion. A line that is not an event raises

@@ -63,6 +63,8 @@ RESOURCES = {
     )
 }
 KIND_PLURAL = {r.kind: r.plural for r in RESOURCES.values()}
+GARBLED = b'{"metadata":]}'
+"""The end of a garbled list body: an item that is not JSON."""
 
 
 @dataclass(frozen=True)
@@ -307,12 +309,19 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def _json(self, code: int, body: Mapping[str, Any]) -> None:
+    def _json(self, code: int, body: Mapping[str, Any], broken: str = "") -> None:
+        """body as JSON; broken: "garbled" (the last item's end replaced by garbage)
+        or "cut" (the connection closed half-way)."""
         data = orjson.dumps(body)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if broken == "garbled":
+            data = data[: -len(GARBLED)] + GARBLED
+        elif broken == "cut":
+            data = data[: len(data) // 2]
+            self.close_connection = True
         self.wfile.write(data)
 
     def _list(self, query: Query, params: Mapping[str, str]) -> None:
@@ -335,22 +344,16 @@ class _Handler(BaseHTTPRequestHandler):
         if params.get("resourceVersion") == "0" and api.watch_cache and not token:
             limit = 0  # from the watch cache: any version, all at once
         page, rest = (items[:limit], items[limit:]) if limit > 0 else (items, [])
-        if api.take_broken_list():
+        broken = api.take_broken_list()
+        if broken == "no-metadata":
             self._json(200, {"kind": res.kind + "List", "items": page})
             return
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if rest:
             meta["continue"] = api.hold_continue(rest, rv)
             meta["remainingItemCount"] = len(rest)
-        self._json(
-            200,
-            {
-                "kind": res.kind + "List",
-                "apiVersion": res.api_version,
-                "metadata": meta,
-                "items": page,
-            },
-        )
+        body = {"kind": res.kind + "List", "apiVersion": res.api_version, "metadata": meta}
+        self._json(200, {**body, "items": page}, broken)
 
     def _break(self) -> None:
         """Close the connection without the terminating chunk, as a broken one."""
@@ -509,7 +512,7 @@ class FakeAPIServer:
         self._expiries = 0
         self._failures: deque[int] = deque()
         self._raw: dict[str, list[bytes]] = {}
-        self._broken_lists = 0
+        self._broken_lists: list[str] = []
         self._lock = threading.Lock()
         self.served = {k: v for k, v in RESOURCES.items() if k not in without}
         self._port = port
@@ -632,18 +635,16 @@ class FakeAPIServer:
         with self._lock:
             return self._raw.pop(plural, [])
 
-    def break_next_lists(self, count: int) -> None:
-        """The next ``count`` lists answer a body without ``metadata``."""
+    def break_next_lists(self, count: int, how: str = "no-metadata") -> None:
+        """The next ``count`` lists answer a broken body: without ``metadata``;
+        "garbled" (its end is not JSON); "cut" (the connection closes half-way)."""
         with self._lock:
-            self._broken_lists += count
+            self._broken_lists += [how] * count
 
-    def take_broken_list(self) -> bool:
-        """Whether this list must come without its metadata."""
+    def take_broken_list(self) -> str:
+        """How this list must be broken ("": not)."""
         with self._lock:
-            if self._broken_lists:
-                self._broken_lists -= 1
-                return True
-            return False
+            return self._broken_lists.pop(0) if self._broken_lists else ""
 
     def serves(self, plural: str) -> bool:
         """Whether this server knows the resource."""
