@@ -814,3 +814,57 @@ def test_a_checkpoint_that_cannot_be_written_costs_only_the_next_read() -> None:
         _stopped(proc)
         assert _found(lines) == "kernel"
         assert "172.30.1.0 " in service_ips(lab.node)
+
+
+def _backends(netns: str, cluster_ip: str) -> str:
+    """The service-ips element of cluster_ip, as nft lists it ("" when absent)."""
+    return next((ln for ln in service_ips(netns).splitlines() if f"{cluster_ip} " in ln), "")
+
+
+@pytest.mark.kernel
+def test_a_service_invalid_since_the_start_keeps_what_the_last_process_applied() -> None:
+    """A Service made invalid while no proxy ran has no valid version in the new
+    process; the last one's checkpoint has its rules, and they stay (through a
+    change of its slice, a full sync and another restart), as apply keeps them,
+    until a valid version comes: then it is built again. Deleted, it goes."""
+    with Lab("invalid") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        api.apply(node(NODE_IPS[0]))
+        node_port = [{"name": "p", "port": 80, "protocol": "TCP", "nodePort": 30081}]
+        api.apply(service("good", clusterIP="172.30.1.1", type="NodePort", ports=node_port))
+        api.apply(slice_("good", endpoint(ENDPOINTS[0])))
+        serve(api, "bad", "172.30.1.2", ENDPOINTS[0])
+        proc, _ = _proxy_process(api, lab)
+        _stopped(proc)
+        held = _backends(lab.node, "172.30.1.2")
+        assert held
+        invalid = service("bad", clusterIP="172.30.1.2", ports=[{"name": "p", "port": 70000}])
+        api.apply(invalid)
+        proc, lines = _proxy_process(api, lab)
+        try:
+            assert _found(lines) == "checkpoint"
+            api.apply(slice_("bad", endpoint(ENDPOINTS[1])))  # put off while bad is invalid
+            api.apply(node(NODE_IPS[1]))  # every Service built again: a full sync
+            wait_for(lambda: NODE_IPS[1] in _table(lab))
+        finally:
+            stopped = _stopped(proc)
+        assert any(e["event"] == "synced" and not e["partial"] for e in stopped), stopped
+        assert _backends(lab.node, "172.30.1.2") == held
+        assert ENDPOINTS[1] not in _table(lab)  # bad's new slice: put off
+        proc, lines = _proxy_process(api, lab)  # once more: still held
+        try:
+            assert _found(lines) == "checkpoint"
+            assert _backends(lab.node, "172.30.1.2") == held
+            assert ENDPOINTS[1] not in _table(lab)
+            api.apply(service("bad", clusterIP="172.30.1.2"))  # valid: built with its slice
+            wait_for(lambda: ENDPOINTS[1] in _table(lab))
+            assert _backends(lab.node, "172.30.1.2") == held
+            api.apply(invalid)
+            api.delete("Service", "ns", "bad")
+            wait_for(lambda: _backends(lab.node, "172.30.1.2") == "")
+        finally:
+            _stopped(proc)
+
+
+def _table(lab: Lab) -> str:
+    return in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")

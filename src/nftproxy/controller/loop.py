@@ -320,8 +320,11 @@ class Loop:
             current, self.verify = self._found()  # the first sync
         else:
             current = read_tables(self.kernel)
+        old, held = self.index or {}, self.cache.held_owners()
         index = {
-            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family)))
+            fs.node.family: FamilyIndex.of(fs, table_slots(current.get(fs.node.family))).keeping(
+                old.get(fs.node.family), held
+            )
             for fs in state.families
         }
         ruleset = self._ruleset(index)

@@ -2,7 +2,9 @@
 
 Watch handlers only record: an object is parsed (an invalid one is reported with
 its kind, name and field, and the version held before stays), stored, and the
-Service it belongs to is marked changed. Repeated changes fold into one mark.
+Service it belongs to is marked changed. An owner with an object no version of
+which could be read is held at what the last process applied, when a restart
+takes it (:meth:`Cache.settle`). Repeated changes fold into one mark.
 The sync loop takes a :class:`Snapshot` and the changes together.
 """
 
@@ -16,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from nftproxy import log
+from nftproxy.k8s.manifests import owner_of
 from nftproxy.k8s.node import NodeInfo, parse_node, service_cidrs
 from nftproxy.k8s.objects import (
     EndpointSlice,
@@ -31,6 +34,8 @@ SOURCE = "api"
 _READ: dict[str, Any] = {}
 """What a list's item is replaced with once read."""
 ObjectKey = tuple[str, str]
+OwnerKey = tuple[str, str, str]
+"""``("Service" or "Pod", namespace, name)``."""
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 TRIGGERED = ("Service", "EndpointSlice")
 MAX_TRIGGERS = 10_000
@@ -99,6 +104,12 @@ class Cache:
         self._node: NodeInfo | None = None
         self._cidrs: dict[str, tuple[str, ...]] = {}
         self._changes = Changes()
+        self._unread: dict[tuple[str, ObjectKey], OwnerKey] = {}
+        """Objects no version of which could be read (each seen was invalid), and
+        the Service or Pod they belong to."""
+        self._frozen: dict[OwnerKey, str] = {}
+        """Owners held at what the last process applied (see :meth:`settle`), and
+        their fingerprints then."""
         self.on_invalid: Callable[[str, Mapping[str, Any], str, str], None] = _ignore
         """Called (under the lock: it must not block) with an object that cannot be
         programmed: its kind, the object, the field and the reason (an Event)."""
@@ -169,6 +180,7 @@ class Cache:
         except InvalidObjectError as err:
             # The version held before (if any) stays: its rules are not lost.
             report([Problem(SOURCE, object_label(raw), err.field, err.message)])
+            self._unreadable(kind, key, raw)
             self.on_invalid(kind, raw, err.field, err.message)
             return False
         self._triggered(kind, raw, changed, arrived)
@@ -191,6 +203,23 @@ class Cache:
         if at is not None and at >= self.started:
             self._changes.triggers.append(at)
 
+    def _unreadable(self, kind: str, key: ObjectKey, raw: Mapping[str, Any]) -> None:
+        """Note an invalid object of which no earlier version is held."""
+        owner = owner_of(raw)
+        if kind in self._objects and key not in self._objects[kind] and owner is not None:
+            self._unread[(kind, key)] = ("Pod" if kind == "Pod" else "Service", *owner)
+
+    def _readable(self, kind: str, key: ObjectKey) -> bool:
+        """An object is valid or gone: an owner held for it alone is built again
+        (whether one was)."""
+        owner = self._unread.pop((kind, key), None)
+        if owner is None or owner not in self._frozen or owner in self._unread.values():
+            return False
+        del self._frozen[owner]
+        kind_, ns, name = owner
+        (self._changes.pods if kind_ == "Pod" else self._changes.services).add((ns, name))
+        return True
+
     def _store(self, kind: str, key: ObjectKey, raw: dict[str, Any]) -> bool:
         if kind == "Node":
             if key[1] != self.node_name:
@@ -205,6 +234,7 @@ class Cache:
         obj = parse_object(raw)
         if obj is None:
             return self._drop(kind, key)
+        self._readable(kind, key)
         old = self._objects[kind].get(key)
         if old is not None:
             self._unindex(old)
@@ -233,9 +263,10 @@ class Cache:
         if kind == "ServiceCIDR":
             self._changes.node = True
             return self._cidrs.pop(key[1], None) is not None
+        released = self._readable(kind, key)
         obj = self._objects[kind].pop(key, None)
         if obj is None:
-            return False
+            return released
         self._unindex(obj)
         self._mark(obj)
         return True
@@ -272,6 +303,8 @@ class Cache:
 
     def _take_changes(self) -> Changes:
         changes, self._changes = self._changes, Changes()
+        for kind, ns, name in self._frozen:
+            (changes.pods if kind == "Pod" else changes.services).discard((ns, name))
         return changes
 
     def _snapshot(self, services: set[ObjectKey] | None, pods: set[ObjectKey] | None) -> Snapshot:
@@ -306,7 +339,7 @@ class Cache:
             for key in self._objects["Pod"]:
                 if key not in self._changes.pods:
                     out[("Pod", *key)] = self._versions.get(("Pod", key), "")
-            return out
+            return out | self._frozen
 
     def _fingerprint(self, key: ObjectKey) -> str:
         parts = [self._versions.get(("Service", key), "")]
@@ -322,8 +355,14 @@ class Cache:
         Pods whose fingerprints are still those kept (the kernel holds them as
         built), and of the node (the caller found its settings unchanged); mark the
         kept ones the lists no longer hold (they went while nothing watched). The
-        number of Services and Pods settled."""
+        number of Services and Pods settled.
+
+        An owner with an object no version of which could be read (invalid since the
+        start) is held at what was kept for it, as ``apply`` keeps one at what the
+        kernel holds: the last valid version there is. Its changes are put off until
+        that object is valid or deleted; then it is built from what is held."""
         with self._lock:
+            self._frozen = {o: kept[o] for o in self._unread.values() if kept.get(o)}
             services, pods = self._changes.services, self._changes.pods
             same = {k for k in services if _same(kept.get(("Service", *k)), self._fingerprint(k))}
             held_pods = {k for k in pods if k in self._objects["Pod"]}
@@ -342,6 +381,11 @@ class Cache:
                     pods.add(key)
             self._changes.node = False
             return len(same) + len(same_pods)
+
+    def held_owners(self) -> frozenset[OwnerKey]:
+        """The owners held at what the last process applied (see :meth:`settle`)."""
+        with self._lock:
+            return frozenset(self._frozen)
 
     def pending(self) -> bool:
         """Whether anything changed since the last take."""

@@ -202,6 +202,25 @@ class FamilyIndex:
         idx.sets.update(sets)
         return idx
 
+    def keeping(self, old: FamilyIndex | None, owners: Iterable[OwnerKey]) -> FamilyIndex:
+        """This index with the owners' fragments as old holds them (whatever this one
+        gives them), but where another owner here answers on one of their addresses
+        and ports: a valid object's claim wins."""
+        if old is None:
+            return self
+        kept = {o for o in owners if o in old.fragments}
+        others = {k for o, entries in self.entries.items() if o not in kept for k in entries}
+        kept = {o for o in kept if others.isdisjoint(old.entries[o])}
+        if not kept:
+            return self
+        return FamilyIndex.held(
+            self.fixed,
+            (
+                *((o, f, self.entries[o]) for o, f in self.fragments.items() if o not in kept),
+                *((o, old.fragments[o], old.entries[o]) for o in kept),
+            ),
+        )
+
     def table(self) -> Table:
         """The whole table, as applied."""
         return assemble(self.fixed, self.fragments.values())
