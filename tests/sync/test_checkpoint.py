@@ -104,3 +104,21 @@ def test_the_key_names_the_node_settings(tmp_path: Path) -> None:
     other = dataclasses.replace(NODE, masquerade_all=True)
     assert checkpoint.key_of(repr(NODE)) == checkpoint.key_of(repr(NODE))
     assert checkpoint.key_of(repr(NODE)) != checkpoint.key_of(repr(other))
+
+
+def test_the_build_is_its_sources_and_its_compiled_libraries(tmp_path: Path) -> None:
+    """A source edited, a compiled module (or mypyc's shared library) rebuilt: another
+    build, whose checkpoint is not taken as built by this one."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    compiled = tmp_path / "b.cpython-311-x86_64-linux-gnu.so"
+    compiled.write_bytes(b"\x7fELF one")
+    shared = tmp_path.parent / f"{tmp_path.name}-abc__mypyc.so"
+    shared.write_bytes(b"\x7fELF code")
+    first = checkpoint.build_of(tmp_path, [shared])
+    assert checkpoint.build_of(tmp_path, [shared]) == first
+    compiled.write_bytes(b"\x7fELF other")
+    second = checkpoint.build_of(tmp_path, [shared])
+    shared.write_bytes(b"\x7fELF more code")
+    third = checkpoint.build_of(tmp_path, [shared])
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert len({first, second, third, checkpoint.build_of(tmp_path, [shared])}) == 4

@@ -97,6 +97,9 @@ class ReadAhead:
         self.adopted = False
         """It came from the checkpoint."""
         self.before: int | None = None
+        self.moved = True
+        """Something was committed after the checkpoint was kept (see
+        :func:`moved_since_kept`)."""
         self._read: dict[Family, Table | None] | Kept | None = None
         self._index: Index | None = None
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
@@ -106,6 +109,7 @@ class ReadAhead:
         try:
             start = time.perf_counter()
             self.before = self.kernel.generation()
+            self.moved = moved_since_kept(self.before, self.checkpoint)
             found = adopt(self.kernel, self.checkpoint)
             self.adopted = found is not None
             if isinstance(found, Kept):
@@ -136,6 +140,13 @@ class ReadAhead:
         """The tables, once found; None when that failed or the kernel moved."""
         found = self._taken()
         return None if found is None else as_tables(found)
+
+
+def moved_since_kept(generation: int | None, checkpoint: Path | None) -> bool:
+    """Whether the kernel's ruleset generation is not the one kept beside the
+    checkpoint: something was committed after it was kept (perhaps an edit of our
+    tables that its stamp cannot show)."""
+    return checkpoint is None or generation != generation_of(checkpoint)
 
 
 def kept_index(kept: Kept) -> Index:
@@ -359,7 +370,7 @@ class Loop:
         self.index, self.node = kept[1], node
         self._recount = True
         settled = self.cache.settle(kept[0].fingerprints)
-        self.verify = ahead.before != self._kept_generation()
+        self.verify = ahead.moved
         owned = sum(len(idx.fragments) for idx in self.index.values())
         self._log.info("took what the last process applied", owners=owned, unchanged=settled)
 
@@ -380,15 +391,12 @@ class Loop:
         ahead, self._ahead = self._ahead, None
         found = None if ahead is None else ahead.result()
         if ahead is not None and found is not None:
-            return found, ahead.adopted and ahead.before != self._kept_generation()
-        seen = self.kernel.generation()
+            return found, ahead.adopted and ahead.moved
+        moved = moved_since_kept(self.kernel.generation(), self.checkpoint)
         adopted = adopt_tables(self.kernel, self.checkpoint)
         if adopted is not None:
-            return adopted, seen != self._kept_generation()
+            return adopted, moved
         return read_tables(self.kernel), False
-
-    def _kept_generation(self) -> int | None:
-        return None if self.checkpoint is None else generation_of(self.checkpoint)
 
     def _replace(self, ruleset: Ruleset, current: dict[Family, Table | None]) -> SyncResult:
         """Failed again, even planned against a fresh read: replace the tables

@@ -127,14 +127,33 @@ def key_of(node: str) -> str:
 
 @functools.cache
 def _build() -> str:
-    """The digest of nftproxy's modules as installed (a compiled module's source
-    is installed beside it)."""
-    package = Path(__file__).resolve().parents[1]
+    """The digest of nftproxy as installed (see :func:`build_of`)."""
+    return build_of(Path(__file__).resolve().parents[1], _compiled_libraries())
+
+
+def build_of(package: Path, libraries: Iterable[Path] = ()) -> str:
+    """The digest of a package's modules: each source's bytes, and each compiled
+    library's (its modules', and the libraries given: mypyc's shared ones, which
+    hold the code) name, size and time, so that a build that strips the sources of
+    its compiled modules, or compiles them otherwise, is not taken for this one."""
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
+    for path in sorted({*package.rglob("*.so"), *libraries}):
+        st = path.stat()
+        digest.update(f"{path.name} {st.st_size} {st.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def _compiled_libraries() -> list[Path]:
+    """The shared libraries of mypyc-compiled modules loaded (``<hash>__mypyc``)."""
+    loaded = list(sys.modules.items())
+    return [
+        Path(file)
+        for name, module in loaded
+        if name.endswith("__mypyc") and (file := getattr(module, "__file__", None))
+    ]
 
 
 def encode_kept(kept: Kept) -> Encoded:
