@@ -868,3 +868,53 @@ def test_a_service_invalid_since_the_start_keeps_what_the_last_process_applied()
 
 def _table(lab: Lab) -> str:
     return in_ns(lab.node, "nft", "list", "table", "ip", "nftproxy")
+
+
+@pytest.mark.kernel
+def test_a_restart_while_the_api_server_is_away_keeps_the_rules_until_it_is_back() -> None:
+    """The proxy restarts while the API server is away: its lists fail and are
+    retried, nothing is applied, and the rules the last one kept carry traffic.
+    Once the server is back, the first sync takes the checkpoint and applies what
+    changed meanwhile."""
+    with Lab("away") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
+        for ip in ENDPOINTS[:2]:
+            lab.add_host(ipaddress.ip_address(ip))
+        lab.start_responders([8080])
+
+        def reached() -> object:
+            got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
+            return lab.owner(got.responder) if isinstance(got, Reached) else got
+
+        api.apply(node(NODE_IPS[0]))
+        api.apply(service())
+        api.apply(_slice(ENDPOINTS[0]))
+        proc, _ = _proxy_process(api, lab)
+        _stopped(proc)
+        api.stop()
+        cmd = [sys.executable, "-m", "nftproxy.cli", "--log-json", *run_args(api, lab)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        lines: list[dict[str, Any]] = []
+        reader = threading.Thread(target=_read_log, args=(proc, lines), daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: sum(e["event"] == "list/watch failed; retrying" for e in lines) >= 6)
+            assert reached() == ENDPOINTS[0]
+            assert not any(e["event"] == "synced" for e in lines)
+            api.apply(_slice(ENDPOINTS[1]))  # while it is away
+            api.start()
+            wait_for(lambda: reached() == ENDPOINTS[1], timeout=20)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            reader.join(timeout=5)
+        assert _found(lines) == "checkpoint"
+        assert _event(lines, "took what the last process applied") is not None
+
+
+def _read_log(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("{"):
+            into.append(json.loads(line))
