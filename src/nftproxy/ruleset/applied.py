@@ -206,13 +206,11 @@ class FamilyIndex:
         """This index with the owners' fragments as old holds them (whatever this one
         gives them), but where another owner here answers on one of their addresses
         and ports: a valid object's claim wins."""
-        if old is None:
+        kept = {o for o in owners if old is not None and o in old.fragments}
+        if old is None or not kept:
             return self
-        kept = {o for o in owners if o in old.fragments}
         others = {k for o, entries in self.entries.items() if o not in kept for k in entries}
         kept = {o for o in kept if others.isdisjoint(old.entries[o])}
-        if not kept:
-            return self
         return FamilyIndex.held(
             self.fixed,
             (
