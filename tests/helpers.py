@@ -110,6 +110,20 @@ def slice_(
     }
 
 
+def host_port_pod(
+    name: str = "web", ns: str = "ns", pod_ip: str = "10.0.0.5", host_port: int = 8080
+) -> dict[str, Any]:
+    """A running Pod on node-a whose container port 80 is published as host_port."""
+    ports = [{"containerPort": 80, "hostPort": host_port}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "c", "ports": ports}]},
+        "status": {"phase": "Running", "podIP": pod_ip},
+    }
+
+
 def state_of(*docs: dict[str, Any], node: NodeConfig = NODE) -> ProxyState:
     """Parse docs and compute the proxy state."""
     loaded = Loaded()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cases import CASES, FILES
-from helpers import NODE_FLAGS, endpoint, service, slice_
+from helpers import NODE_FLAGS, endpoint, host_port_pod, service, slice_
 
 from nftproxy.cli.main import main
 from nftproxy.diagnose.explain import DNAT, Explainer, Outcome, summary
@@ -104,7 +104,8 @@ def test_the_command_explains_the_kernel_and_manifests(
 ) -> None:
 
     manifest = tmp_path / "m.yaml"
-    docs = [service(), slice_("svc", endpoint("10.1.0.1"), endpoint("10.1.0.2"))]
+    pod = host_port_pod("svc", pod_ip="10.1.0.1")
+    docs = [service(), slice_("svc", endpoint("10.1.0.1"), endpoint("10.1.0.2")), pod]
     manifest.write_text("\n---\n".join(json.dumps(d) for d in docs))
     conn = ["--from", "10.0.0.5", "--to", "172.30.0.10", "--port", "80", "--json"]
     assert main(["explain", "-f", str(manifest), *NODE_FLAGS, *conn]) == 0
@@ -133,6 +134,11 @@ def test_the_command_explains_the_kernel_and_manifests(
         assert "ns/svc/tcp/p (ip, every entry): 3 new connections, 0 refused" in (
             capsys.readouterr().out
         )
+        # A Pod's hostPort (the Pod named as the Service): served, not counted.
+        to_pod = ["--from", "10.0.0.5", "--to", "192.168.0.2", "--port", "8080", "--json"]
+        assert main(["explain", "--kernel", "--netns", lab.node, *NODE_FLAGS, *to_pod]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert (answer["service"], answer["counters"]) == ("ns/svc/tcp/hostport-8080", None)
         assert (
             main(
                 [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from helpers import NODE, endpoint, service, slice_, state_of
+from helpers import NODE, endpoint, host_port_pod, service, slice_, state_of
 
 from nftproxy.nft.model import Family
 from nftproxy.proxy.state import EntryKind, ProxyState, ServicePort
@@ -162,16 +162,7 @@ class TestEntries:
         assert [p.obj for p in state.problems] == ["ns/b/tcp"]
 
     def test_host_ports_of_running_local_pods(self) -> None:
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "web", "namespace": "ns"},
-            "spec": {
-                "nodeName": "node-a",
-                "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}],
-            },
-            "status": {"phase": "Running", "podIP": "10.0.0.5"},
-        }
+        pod = host_port_pod()
         sp = _ports(state_of(pod))[0]
         assert str(sp.name) == "ns/web/tcp/hostport-8080"
         assert [(str(e.addr), e.port) for e in sp.entries] == [
@@ -179,7 +170,7 @@ class TestEntries:
             ("192.168.1.2", 8080),
         ]
         assert [(str(e.addr), e.port) for e in sp.cluster_endpoints] == [("10.0.0.5", 80)]
-        elsewhere = dict(pod, spec=dict(pod["spec"], nodeName="node-b"))  # type: ignore[arg-type]
+        elsewhere = dict(pod, spec=dict(pod["spec"], nodeName="node-b"))
         assert _ports(state_of(elsewhere)) == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import endpoint, service, slice_, state_of
+from helpers import endpoint, host_port_pod, service, slice_, state_of
 
 from nftproxy.nft.model import Element, Family, Table
 from nftproxy.nft.render import render_rule
@@ -125,3 +125,14 @@ def test_families_without_services_are_removed() -> None:
     ruleset = build(state_of(*_cluster(1)))
     assert [t.family.value for t in ruleset.tables] == ["ip"]
     assert [f.value for f in ruleset.absent] == ["ip6"]
+
+
+def test_only_service_entries_are_counted() -> None:
+    """A Pod's hostPort entry is served (service-ips) but not counted: the per-Service
+    traffic series are named by comment, and a Pod named as a Service would join it."""
+    pod = host_port_pod("web", pod_ip="10.0.0.5")
+    table = _table(service("web"), slice_("web", endpoint("10.1.0.1")), pod)
+    served = {e.comment for e in _elements(table, names.SERVICE_IPS)}
+    counted = {e.comment for e in _elements(table, names.SERVICE_COUNTERS)}
+    assert served == {"ns/web/tcp/p", "ns/web/tcp/hostport-8080"}
+    assert counted == {"ns/web/tcp/p"}

@@ -56,8 +56,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     outcomes = Explainer(table, local).explain(src, str(dst), args.port, args.proto, args.iif)
     answer = summary(outcomes)
     counted = None
-    counting = any(s.name == names.SERVICE_COUNTERS for s in table.sets)
-    if args.kernel and counting and isinstance(answer["service"], str):
+    if args.kernel and isinstance(answer["service"], str) and counts(table, answer["service"]):
         counted = counters(getattr(args, "netns", None), family, answer["service"])
     if args.json:
         print(json.dumps({**answer, "counters": counted}, indent=2))
@@ -69,6 +68,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 f" {counted['new']} new connections, {counted['rejected']} refused"
             )
     return 0
+
+
+def counts(table: Table, comment: str) -> bool:
+    """Whether the kernel counts the entries so commented: a Service port's, with
+    counters on (a Pod's hostPort is not counted)."""
+    if not any(s.name == names.SERVICE_COUNTERS for s in table.sets):
+        return False  # counting is off
+    counted = (names.SERVICE_COUNTERS, names.NO_ENDPOINT_SERVICES)
+    return any(e.comment == comment for s in table.sets if s.name in counted for e in s.elements)
 
 
 def counters(netns: str | None, family: Family, comment: str) -> dict[str, int]:

@@ -412,7 +412,7 @@ class _TableBuilder:
         target, fallback = (self.external_entry if entry.external else self.internal_entry)(sp, key)
         if target is not None:
             self.element(names.SERVICE_IPS, key, ("goto", target), comment)
-            if self.node.service_counters:
+            if self.node.service_counters and sp.owner == "Service":  # not a Pod's hostPort
                 self.element(names.SERVICE_COUNTERS, key, None, comment)
         if fallback is not None:
             self.element(names.NO_ENDPOINT_SERVICES, key, fallback, comment)

@@ -17,8 +17,10 @@ removal is not seen.
 
 An element is named by its comment, ``namespace/name/protocol/port`` as the
 builder writes it (a comment shortened to fit keeps the start of each part, and so
-do its labels). Only Services the last sync programmed count: hostPort entries (a
-Pod's) are left out, and a Service that is gone takes its series with it.
+do its labels). Only Services the last sync programmed count, and a Service that
+is gone takes its series with it. A Pod's hostPort entries have no
+``service-counters`` element (a Pod and a Service of one name must not share a
+series); any other element whose comment names no such Service is left out.
 Nothing is read before the first sync.
 """
 
