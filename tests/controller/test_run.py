@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -622,27 +622,39 @@ def _found(lines: list[dict[str, Any]]) -> str:
     return str(next(e["source"] for e in lines if e["event"] == "found what the kernel holds"))
 
 
+def _one_service(lab: Lab, api: FakeAPIServer, hosts: int) -> Callable[[], object]:
+    """The lab's node, a client and the first hosts endpoints (answering on 8080);
+    in the API the Node, the Service and its slice with the first endpoint. What
+    a connection from the client to the Service reaches, as a function."""
+    lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+    client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
+    for ip in ENDPOINTS[:hosts]:
+        lab.add_host(ipaddress.ip_address(ip))
+    lab.start_responders([8080])
+    api.apply(node(NODE_IPS[0]))
+    api.apply(service())
+    api.apply(_slice(ENDPOINTS[0]))
+
+    def reached() -> object:
+        got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
+        return lab.owner(got.responder) if isinstance(got, Reached) else got
+
+    return reached
+
+
 @pytest.mark.kernel
 def test_a_client_loop_through_stop_change_start_fails_no_connection() -> None:
     """A client connects through a Service every 20 ms while the proxy is stopped,
     its Service gains an endpoint, and a new proxy starts over the tables the
     last one left: no connection fails, and the new endpoint is reached after."""
     with Lab("restart") as lab, FakeAPIServer() as api:
-        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
-        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
-        for ip in ENDPOINTS[:2]:
-            lab.add_host(ipaddress.ip_address(ip))
-        lab.start_responders([8080])
-        api.apply(node(NODE_IPS[0]))
-        api.apply(service())
-        api.apply(_slice(ENDPOINTS[0]))
+        reached = _one_service(lab, api, hosts=2)
         outcomes: list[object] = []
         stop = threading.Event()
 
         def client() -> None:
             while not stop.wait(0.02):
-                got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
-                outcomes.append(lab.owner(got.responder) if isinstance(got, Reached) else got)
+                outcomes.append(reached())
 
         proc, first = _proxy_process(api, lab)
         loop = threading.Thread(target=client)
@@ -676,18 +688,7 @@ def test_a_restart_adopts_the_checkpoint_and_still_repairs_an_edit_made_while_do
     back. A checkpoint that is gone, or not the one the kernel was stamped with,
     is not adopted."""
     with Lab("adopt") as lab, FakeAPIServer() as api:
-        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
-        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
-        lab.add_host(ipaddress.ip_address(ENDPOINTS[0]))
-        lab.start_responders([8080])
-
-        def reached() -> object:
-            got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
-            return lab.owner(got.responder) if isinstance(got, Reached) else got
-
-        api.apply(node(NODE_IPS[0]))
-        api.apply(service())
-        api.apply(_slice(ENDPOINTS[0]))
+        reached = _one_service(lab, api, hosts=1)
         kept = checkpoint.default_path(lab.node)
         proc, _ = _proxy_process(api, lab, "--drift-check-period", "1h")
         _stopped(proc)
@@ -877,19 +878,7 @@ def test_a_restart_while_the_api_server_is_away_keeps_the_rules_until_it_is_back
     Once the server is back, the first sync takes the checkpoint and applies what
     changed meanwhile."""
     with Lab("away") as lab, FakeAPIServer() as api:
-        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
-        client_ns = lab.add_host(ipaddress.ip_address(CLIENT))
-        for ip in ENDPOINTS[:2]:
-            lab.add_host(ipaddress.ip_address(ip))
-        lab.start_responders([8080])
-
-        def reached() -> object:
-            got = connect(client_ns, "172.30.0.10", 80, "tcp", timeout=1.0)
-            return lab.owner(got.responder) if isinstance(got, Reached) else got
-
-        api.apply(node(NODE_IPS[0]))
-        api.apply(service())
-        api.apply(_slice(ENDPOINTS[0]))
+        reached = _one_service(lab, api, hosts=2)
         proc, _ = _proxy_process(api, lab)
         _stopped(proc)
         api.stop()

@@ -12,14 +12,14 @@ from apiobjects import clusters
 from helpers import NODE
 from hypothesis import HealthCheck, given, settings
 
-from nftproxy.controller.loop import kept_index
+from nftproxy.controller.loop import kept_index, kept_of
 from nftproxy.k8s.manifests import Loaded, load_objects
 from nftproxy.proxy.state import ProxyState, compute_state
 from nftproxy.ruleset.applied import FamilyIndex
 from nftproxy.ruleset.build import build
 from nftproxy.sync import checkpoint
 from nftproxy.sync.apply import desired_tables
-from nftproxy.sync.checkpoint import Kept, KeptFamily, KeptOwner
+from nftproxy.sync.checkpoint import Kept
 
 SETTINGS: Any = {
     "deadline": None,
@@ -36,20 +36,10 @@ def state_of(docs: list[dict[str, Any]]) -> ProxyState:
     return compute_state(loaded.objects, dataclasses.replace(NODE, zone="zone-a"))
 
 
-def kept_of(state: ProxyState) -> tuple[Kept, dict[Any, FamilyIndex]]:
+def kept_and_index(state: ProxyState) -> tuple[Kept, dict[Any, FamilyIndex]]:
     index = {fs.node.family: FamilyIndex.of(fs) for fs in state.families}
-    kept = Kept(
-        checkpoint.key_of(repr(NODE)),
-        {
-            f: KeptFamily(
-                idx.fixed, {o: KeptOwner(frag, idx.entries[o]) for o, frag in idx.fragments.items()}
-            )
-            for f, idx in index.items()
-        },
-        frozenset(index),
-        {("Service", "ns", "web"): "7,web-1=8"},
-    )
-    return kept, index
+    fingerprints = {("Service", "ns", "web"): "7,web-1=8"}
+    return kept_of(index, checkpoint.key_of(repr(NODE)), fingerprints), index
 
 
 @settings(**SETTINGS)
@@ -67,7 +57,7 @@ def test_tables_come_back_whole(tmp_path: Path, docs: list[dict[str, Any]]) -> N
 def test_what_run_keeps_comes_back_as_the_same_index(
     tmp_path: Path, docs: list[dict[str, Any]]
 ) -> None:
-    kept, index = kept_of(state_of(docs))
+    kept, index = kept_and_index(state_of(docs))
     encoded = checkpoint.encode_kept(kept)
     path = tmp_path / "checkpoint"
     checkpoint.save(path, encoded)

@@ -149,6 +149,22 @@ def moved_since_kept(generation: int | None, checkpoint: Path | None) -> bool:
     return checkpoint is None or generation != generation_of(checkpoint)
 
 
+def kept_of(index: Index, key: str, fingerprints: dict[OwnerKey, str]) -> Kept:
+    """What ``run`` keeps of an index (the inverse of :func:`kept_index`)."""
+    held = present({f: idx.has_ports() for f, idx in index.items()})
+    return Kept(
+        key,
+        {
+            f: KeptFamily(
+                idx.fixed, {o: KeptOwner(frag, idx.entries[o]) for o, frag in idx.fragments.items()}
+            )
+            for f, idx in index.items()
+        },
+        frozenset(f for f in index if held[f]),
+        fingerprints,
+    )
+
+
 def kept_index(kept: Kept) -> Index:
     """The index of what ``run`` kept."""
     return {
@@ -540,20 +556,8 @@ class Loop:
         last sync failed, or drift waits for repair). False when nothing was kept."""
         if self.checkpoint is None or self.index is None or self.need_read or self.repair:
             return False
-        index, node = self.index, self.node
-        held = present({f: idx.has_ports() for f, idx in index.items()})
-        kept = Kept(
-            checkpoints.key_of(repr(node)),
-            {
-                f: KeptFamily(
-                    idx.fixed,
-                    {o: KeptOwner(frag, idx.entries[o]) for o, frag in idx.fragments.items()},
-                )
-                for f, idx in index.items()
-            },
-            frozenset(f for f in index if held[f]),
-            self.cache.fingerprints(),
-        )
+        index = self.index
+        kept = kept_of(index, checkpoints.key_of(repr(self.node)), self.cache.fingerprints())
         tables = {f: index[f].fixed if f in kept.present else None for f in FAMILIES}
         try:
             keep_checkpoint(self.kernel, checkpoints.encode_kept(kept), tables, self.checkpoint)

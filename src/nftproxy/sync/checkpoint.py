@@ -200,7 +200,7 @@ def _kept(doc: dict[str, Any]) -> Kept:
             rows[i] = None  # each owner's text goes once it is read
             (kind, ns, name), entries, elements, chain_names, set_names = row
             fragment = Fragment(
-                {s: _elements(rows, *shapes[s]) for s, rows in elements.items()},
+                {s: _elements(text, *shapes[s]) for s, text in elements.items()},
                 {c: chains[c] for c in chain_names},
                 {st: sets[st] for st in set_names},
             )
