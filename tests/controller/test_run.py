@@ -907,3 +907,22 @@ def _read_log(proc: subprocess.Popen[str], into: list[dict[str, Any]]) -> None:
     for line in proc.stderr:
         if line.startswith("{"):
             into.append(json.loads(line))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", ["garbled", "cut"])
+def test_a_broken_first_list_is_listed_again_by_the_real_process(how: str) -> None:
+    """The first lists come back garbled (their end not JSON) or cut half-way: the
+    process logs and retries them, and its first sync holds every Service."""
+    with Lab("brokenlist") as lab, FakeAPIServer() as api:
+        lab.add_node_ip(ipaddress.ip_address(NODE_IPS[0]))
+        api.apply(node(NODE_IPS[0]))
+        for n in range(30):
+            serve(api, f"s{n}", f"172.30.1.{n}", ENDPOINTS[0])
+        api.break_next_lists(4, how)
+        proc, lines = _proxy_process(api, lab)
+        _stopped(proc)
+        failed = [e for e in lines if e["event"] == "list/watch failed; retrying"]
+        assert {e["reason"] for e in failed} == {"not JSON" if how == "garbled" else "connection"}
+        held = service_ips(lab.node)
+        assert all(f"172.30.1.{n} " in held for n in range(30)), held
